@@ -1,0 +1,138 @@
+//! Command-line parsing and dispatch for the `meddino` binary.
+//!
+//! Each subcommand mirrors the nnU-Net / MedDINOv3 command it replaces. Subcommands whose
+//! implementation has not landed yet are marked `[not implemented yet]` in `--help`, accept
+//! any arguments, and exit with status 1 saying so.
+
+use anyhow::bail;
+use clap::{ArgAction, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Exit status for any failure (usage errors exit with 2, from clap).
+pub const EXIT_FAILURE: u8 = 1;
+
+/// MedDINOv3 in Rust: plan, train, predict and evaluate CT segmentation with DINOv3
+/// backbones inside the nnU-Net pipeline.
+#[derive(Debug, Parser)]
+#[command(
+    name = "meddino",
+    version,
+    propagate_version = true,
+    after_help = "Exit status: 0 on success, 1 on failure, 2 on a usage error.\n\
+                  Logging: -v info, -vv debug, -vvv trace; RUST_LOG overrides."
+)]
+pub struct Cli {
+    /// More log output (repeat for more).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+
+    /// Only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+impl Cli {
+    /// The log level the flags ask for.
+    pub fn verbosity(&self) -> tracing::Level {
+        match (self.quiet, self.verbose) {
+            (true, _) => tracing::Level::ERROR,
+            (false, 0) => tracing::Level::WARN,
+            (false, 1) => tracing::Level::INFO,
+            (false, 2) => tracing::Level::DEBUG,
+            (false, _) => tracing::Level::TRACE,
+        }
+    }
+}
+
+/// Arguments of a subcommand that has not been built yet: accepted and ignored, so its
+/// planned usage can be shown without failing at parse time.
+#[derive(Debug, clap::Args)]
+pub struct Pending {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    args: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// [not implemented yet] Fingerprint, plan and preprocess an nnU-Net raw data set
+    /// (nnUNetv2_plan_and_preprocess, plus the 2d_896 configuration).
+    #[command(long_about = "[not implemented yet] Fingerprint, plan and preprocess an nnU-Net \
+        raw data set, as nnUNetv2_plan_and_preprocess does, and derive MedDINOv3's 2d_896 \
+        configuration.\n\nPlanned usage: meddino plan-and-preprocess -d ID [-c 2d] [-c 2d_896] \
+        [--verify] [-j N]")]
+    PlanAndPreprocess(Pending),
+
+    /// [not implemented yet] Fine-tune a MedDINOv3 / DINOv3 network on a preprocessed data
+    /// set (nnUNetv2_train).
+    #[command(long_about = "[not implemented yet] Fine-tune a MedDINOv3 / DINOv3 segmentation \
+        network on a preprocessed data set, as nnUNetv2_train does with the MedDINOv3 trainers.\
+        \n\nPlanned usage: meddino train DATASET CONFIG FOLD -tr TRAINER [--pretrained PATH] \
+        [--backbone PRESET] [--epochs N] [--iters N] [--device cpu|cuda] [--continue] [--seed S]")]
+    Train(Pending),
+
+    /// [not implemented yet] Segment volumes with trained folds, sliding windows and mirroring
+    /// (nnUNetv2_predict).
+    #[command(long_about = "[not implemented yet] Segment volumes with one or more trained \
+        folds: sliding windows, Gaussian importance, mirroring, as nnUNetv2_predict does.\n\n\
+        Planned usage: meddino predict -i IN_DIR -o OUT_DIR -d DATASET -c CONFIG -f FOLD... \
+        -tr TRAINER [--checkpoint best|final] [--disable-tta] [--device cpu|cuda]")]
+    Predict(Pending),
+
+    /// [not implemented yet] Score a folder of predictions with Dice, HD95 and NSD as
+    /// MedDINOv3 does.
+    #[command(long_about = "[not implemented yet] Score a folder of predicted label maps \
+        against reference labels with Dice, HD95 and NSD, as MedDINOv3's compute_metrics.py \
+        does.\n\nPlanned usage: meddino evaluate --pred DIR --labels DIR --dataset-json FILE \
+        [--nsd-tolerance-mm 1.0] [--nsd-method monai|surfel] [--out DIR] [--threads N]")]
+    Evaluate(Pending),
+
+    /// [not implemented yet] Extract DINOv3 patch features from an image and write PCA and
+    /// similarity maps.
+    #[command(long_about = "[not implemented yet] Load a backbone checkpoint, extract patch \
+        features of one image and write a PCA colour map and a patch-similarity map.\n\n\
+        Planned usage: meddino features --checkpoint FILE [--arch PRESET|--config FILE] \
+        --image FILE [--size N] [--point x,y] --out DIR")]
+    Features(Pending),
+
+    /// [not implemented yet] Run the whole pipeline on a built-in CT phantom data set.
+    #[command(long_about = "[not implemented yet] Generate a small CT phantom data set and run \
+        the whole pipeline on it: plan, preprocess, train, predict, evaluate.\n\n\
+        Planned usage: meddino demo [--out DIR] [--minutes M]")]
+    Demo(Pending),
+}
+
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Command::PlanAndPreprocess(_) => "plan-and-preprocess",
+            Command::Train(_) => "train",
+            Command::Predict(_) => "predict",
+            Command::Evaluate(_) => "evaluate",
+            Command::Features(_) => "features",
+            Command::Demo(_) => "demo",
+        }
+    }
+}
+
+/// Sends `tracing` output to stderr at `level`, unless `RUST_LOG` says otherwise.
+pub fn init_logging(level: tracing::Level) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.as_str()));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs the parsed command.
+///
+/// # Errors
+///
+/// Whatever the command fails with; for now, every command is not implemented yet.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let command = cli.command;
+    tracing::debug!(?command, "dispatching");
+    bail!("`meddino {}` is not implemented yet", command.name())
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests of the `meddino` binary: one test binary, one module per area.
+
+// Helpers: scratch folders and a command runner for the built binary.
+mod util;
+
+// `meddino --help`, `--version`, and the exit status of every subcommand.
+mod cli;

@@ -1,0 +1,73 @@
+//! Test helpers: a scratch folder per test and a runner for the built `meddino` binary.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// A scratch folder, removed when dropped.
+#[derive(Debug)]
+pub struct Dir {
+    path: PathBuf,
+}
+
+impl Dir {
+    /// A fresh, empty folder named after the test.
+    pub fn new(test_name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("meddino-test-{}-{test_name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        Self { path }
+    }
+
+    /// Runs `meddino` with `args` inside this folder.
+    pub fn meddino(&self, args: &[&str]) -> TestOutput {
+        let output = Command::new(env!("CARGO_BIN_EXE_meddino"))
+            .args(args)
+            .current_dir(&self.path)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run meddino {args:?}: {e}"));
+        TestOutput {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            output,
+        }
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// What a `meddino` run produced, with assertions that print everything on failure.
+#[derive(Debug)]
+pub struct TestOutput {
+    args: Vec<String>,
+    output: Output,
+}
+
+impl TestOutput {
+    /// Standard output as text.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    /// Standard error as text.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    /// Asserts the exit status, showing both streams when it differs.
+    pub fn assert_code(&self, expected: i32) -> &Self {
+        assert_eq!(
+            self.output.status.code(),
+            Some(expected),
+            "meddino {:?} exited with {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.args,
+            self.output.status,
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+}
