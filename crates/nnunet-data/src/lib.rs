@@ -5,9 +5,16 @@
 //! Volumes are `ndarray` arrays in nnU-Net's (C, Z, Y, X) order, C-contiguous; NIfTI's
 //! (x, y, z) order appears only at the I/O boundary. This crate knows nothing of candle.
 //!
-//! Precise behaviour: `shared/spec/nnunet-reference.md` §1–5.
+//! Landed so far: [`dataset`] (`dataset.json`) and [`io::nifti`] (reading images and label
+//! maps with their spacing). Precise behaviour: `shared/spec/nnunet-reference.md` §1–5.
 
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
 
+pub mod dataset;
+mod error;
+pub mod io;
+
+pub use dataset::{DatasetJson, LabelEntry, LabelValue};
+pub use error::{Error, Result};
 pub use ndarray;

@@ -1,0 +1,276 @@
+//! DeepMind surface-distance's surface-element metrics (`compute_surface_distances`,
+//! `compute_surface_dice_at_tolerance`, `compute_robust_hausdorff`,
+//! `compute_average_surface_distance`).
+//!
+//! The surface lives on the voxel-corner grid: each corner gets the neighbour code of the
+//! 2×2(×2) voxels around it (outside the array counts as background), corners whose code is
+//! neither empty nor full are surface elements, and each weighs its marching-cubes area (3-D)
+//! or contour length (2-D) for the given spacing.
+
+use ndarray::{Array3, ArrayViewD};
+
+use super::surfel_normals::NEIGHBOUR_CODE_TO_NORMALS;
+use super::{check_percentile, check_tolerance, distances_to};
+use crate::grid::{crop_mask, grids, BoundingBox, Dims, Grid};
+use crate::overlap::class_stats;
+use crate::Result;
+
+/// Directed surface-element distances (mm) with the elements' areas (mm², or mm in 2-D),
+/// each direction sorted by distance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SurfelDistances {
+    /// (distance to the prediction surface, area) for each reference surface element.
+    pub reference_to_prediction: Vec<(f64, f64)>,
+    /// (distance to the reference surface, area) for each prediction surface element.
+    pub prediction_to_reference: Vec<(f64, f64)>,
+}
+
+impl SurfelDistances {
+    /// Area-weighted surface Dice at `tolerance_mm`: 0 when one surface is empty, NaN when
+    /// both are.
+    ///
+    /// # Errors
+    ///
+    /// When the tolerance is negative or not finite.
+    pub fn surface_dice(&self, tolerance_mm: f64) -> Result<f64> {
+        check_tolerance(tolerance_mm)?;
+        let within = |v: &[(f64, f64)]| {
+            v.iter()
+                .filter(|(d, _)| *d <= tolerance_mm)
+                .map(|(_, a)| a)
+                .sum::<f64>()
+        };
+        let total = |v: &[(f64, f64)]| v.iter().map(|(_, a)| a).sum::<f64>();
+        let overlap = within(&self.reference_to_prediction) + within(&self.prediction_to_reference);
+        Ok(overlap / (total(&self.reference_to_prediction) + total(&self.prediction_to_reference)))
+    }
+
+    /// The robust Hausdorff distance at `percentile` (100: the maximum): per direction, the
+    /// smallest distance whose cumulative area fraction reaches the percentile; the larger of
+    /// the two. +∞ when either surface is empty.
+    ///
+    /// # Errors
+    ///
+    /// When `percentile` is outside [0, 100].
+    pub fn robust_hausdorff(&self, percentile: f64) -> Result<f64> {
+        check_percentile(percentile)?;
+        let directed = |v: &[(f64, f64)]| {
+            if v.is_empty() {
+                return f64::INFINITY;
+            }
+            let total: f64 = v.iter().map(|(_, a)| a).sum();
+            let target = percentile / 100.0;
+            let mut cumulative = 0.0;
+            // np.searchsorted(cumsum / total, target, side='left').
+            for (i, (d, a)) in v.iter().enumerate() {
+                cumulative += a;
+                if cumulative / total >= target || i + 1 == v.len() {
+                    return *d;
+                }
+            }
+            f64::INFINITY
+        };
+        Ok(directed(&self.reference_to_prediction).max(directed(&self.prediction_to_reference)))
+    }
+
+    /// Area-weighted mean distance of each direction: (reference → prediction, prediction →
+    /// reference). NaN for an empty direction.
+    pub fn average_distance(&self) -> (f64, f64) {
+        let mean = |v: &[(f64, f64)]| {
+            let total: f64 = v.iter().map(|(_, a)| a).sum();
+            v.iter().map(|(d, a)| d * a).sum::<f64>() / total
+        };
+        (mean(&self.reference_to_prediction), mean(&self.prediction_to_reference))
+    }
+}
+
+/// Surface area (3-D) or contour length (2-D) of each neighbour code for this spacing.
+fn area_table(spacing: [f64; 3], dims: Dims) -> Vec<f64> {
+    match dims {
+        Dims::Three => NEIGHBOUR_CODE_TO_NORMALS
+            .iter()
+            .map(|normals| {
+                let [s0, s1, s2] = spacing;
+                normals
+                    .iter()
+                    .map(|n| ((n[0] * s1 * s2).powi(2) + (n[1] * s0 * s2).powi(2) + (n[2] * s0 * s1).powi(2)).sqrt())
+                    .sum()
+            })
+            .collect(),
+        Dims::Two => {
+            let (vertical, horizontal) = (spacing[1], spacing[2]);
+            let diagonal = 0.5 * vertical.hypot(horizontal);
+            // Codes: 8·top-left + 4·top-right + 2·bottom-left + 1·bottom-right.
+            (0..16u8)
+                .map(|code| match code {
+                    0 | 15 => 0.0,
+                    3 | 12 => horizontal,
+                    5 | 10 => vertical,
+                    6 | 9 => 2.0 * diagonal,
+                    _ => diagonal,
+                })
+                .collect()
+        }
+    }
+}
+
+/// Neighbour codes on the corner grid of a mask padded by one background voxel on each side
+/// of its image axes. Corner `c` combines padded voxels `c` and `c + 1` on each such axis.
+fn neighbour_codes(padded: &Array3<bool>, dims: Dims) -> Array3<u8> {
+    let (nz, ny, nx) = padded.dim();
+    let corner_shape = match dims {
+        Dims::Three => (nz - 1, ny - 1, nx - 1),
+        Dims::Two => (nz, ny - 1, nx - 1),
+    };
+    Array3::from_shape_fn(corner_shape, |(z, y, x)| {
+        let v = |dz: usize, dy: usize, dx: usize| u8::from(padded[[z + dz, y + dy, x + dx]]);
+        match dims {
+            // Weight of voxel (z−1+a, y−1+b, x−1+c) is 2^(7 − (4a + 2b + c)).
+            Dims::Three => (0..8).fold(0u8, |code, bit| {
+                let (a, b, c) = ((bit >> 2) & 1, (bit >> 1) & 1, bit & 1);
+                code | (v(a, b, c) << (7 - bit))
+            }),
+            Dims::Two => (v(0, 0, 0) << 3) | (v(0, 0, 1) << 2) | (v(0, 1, 0) << 1) | v(0, 1, 1),
+        }
+    })
+}
+
+/// Surface elements of one mask: (is-surface grid, area per corner).
+fn surface(padded: &Array3<bool>, dims: Dims, areas: &[f64]) -> (Array3<bool>, Array3<f64>) {
+    let full = match dims {
+        Dims::Three => 255,
+        Dims::Two => 15,
+    };
+    let codes = neighbour_codes(padded, dims);
+    (
+        codes.mapv(|c| c != 0 && c != full),
+        codes.mapv(|c| areas[usize::from(c)]),
+    )
+}
+
+/// (distance, area) of each surface element of `from`, sorted by distance then area.
+fn directed(from: &(Array3<bool>, Array3<f64>), to: &Array3<bool>, spacing: [f64; 3]) -> Vec<(f64, f64)> {
+    let (surface, areas) = from;
+    let elements: Vec<f64> = surface
+        .iter()
+        .zip(areas.iter())
+        .filter(|(&s, _)| s)
+        .map(|(_, &a)| a)
+        .collect();
+    let distances = distances_to(surface, to, spacing).unwrap_or_else(|| vec![f64::INFINITY; elements.len()]);
+    let mut pairs: Vec<(f64, f64)> = distances.into_iter().zip(elements).collect();
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    pairs
+}
+
+/// Surface-element distances of one class inside `region` (the union box of both masks).
+pub(crate) fn surfel_distances_in<L: Copy + PartialEq>(
+    prediction: &Grid<'_, L>,
+    reference: &Grid<'_, L>,
+    class: L,
+    region: Option<BoundingBox>,
+) -> SurfelDistances {
+    let Some(region) = region else {
+        return SurfelDistances {
+            reference_to_prediction: Vec::new(),
+            prediction_to_reference: Vec::new(),
+        };
+    };
+    let dims = reference.dims;
+    let region = region.grown(dims.axes(), 1, 1);
+    let areas = area_table(reference.spacing, dims);
+    let pred = surface(&crop_mask(prediction.data, class, region), dims, &areas);
+    let gt = surface(&crop_mask(reference.data, class, region), dims, &areas);
+    SurfelDistances {
+        reference_to_prediction: directed(&gt, &pred.0, reference.spacing),
+        prediction_to_reference: directed(&pred, &gt.0, reference.spacing),
+    }
+}
+
+/// Surface-element distances of `class` between two 2-D or 3-D label maps with `spacing`
+/// (mm, array order). Pass boolean masks with `class = true` to score a single structure.
+///
+/// # Errors
+///
+/// When the shapes differ, the maps are not 2-D or 3-D, or the spacing does not fit.
+pub fn surfel_distances<L: Copy + PartialEq + Sync>(
+    prediction: ArrayViewD<'_, L>,
+    reference: ArrayViewD<'_, L>,
+    class: L,
+    spacing: &[f64],
+) -> Result<SurfelDistances> {
+    let (prediction, reference) = grids(prediction, reference, spacing)?;
+    let stats = class_stats(&prediction, &reference, &[class]);
+    let region = stats
+        .first()
+        .and_then(|s| BoundingBox::union(s.prediction_box, s.reference_box));
+    Ok(surfel_distances_in(&prediction, &reference, class, region))
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{s, Array2};
+
+    use super::*;
+
+    fn square(shape: (usize, usize), rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) -> Array2<bool> {
+        let mut m = Array2::from_elem(shape, false);
+        m.slice_mut(s![rows, cols]).fill(true);
+        m
+    }
+
+    /// The spec's DeepMind test vectors (nnunet-reference.md §8.3), computed with the real
+    /// library.
+    #[test]
+    fn spec_vectors_2d() {
+        let gt = square((20, 20), 5..12, 5..12);
+        let pred = square((20, 20), 6..14, 5..11);
+        let d = surfel_distances(pred.view().into_dyn(), gt.view().into_dyn(), true, &[1.0, 1.0]).expect("valid");
+        assert!((d.surface_dice(1.0).expect("tolerance") - 0.811369479535685).abs() < 1e-12);
+        assert_eq!(d.robust_hausdorff(95.0).expect("percentile"), 2.0);
+        let d = surfel_distances(pred.view().into_dyn(), gt.view().into_dyn(), true, &[2.0, 0.5]).expect("valid");
+        assert!((d.surface_dice(1.0).expect("tolerance") - 0.7877345986541083).abs() < 1e-12);
+        assert_eq!(d.robust_hausdorff(95.0).expect("percentile"), 4.0);
+    }
+
+    #[test]
+    fn spec_vector_3d() {
+        let mut gt = Array3::from_elem((10, 12, 14), false);
+        gt.slice_mut(s![2..7, 3..9, 4..10]).fill(true);
+        let mut pred = Array3::from_elem((10, 12, 14), false);
+        pred.slice_mut(s![3..8, 3..10, 5..10]).fill(true);
+        let d = surfel_distances(pred.view().into_dyn(), gt.view().into_dyn(), true, &[3.0, 1.0, 0.8]).expect("valid");
+        let area = |v: &[(f64, f64)]| v.iter().map(|(_, a)| a).sum::<f64>();
+        assert!((area(&d.reference_to_prediction) - 347.0058503876).abs() < 1e-8);
+        assert!((area(&d.prediction_to_reference) - 351.3558760098).abs() < 1e-8);
+        assert!((d.surface_dice(2.0).expect("tolerance") - 0.8555965153198288).abs() < 1e-12);
+        assert_eq!(d.robust_hausdorff(95.0).expect("percentile"), 3.0);
+    }
+
+    #[test]
+    fn empty_sides() {
+        let gt = square((8, 8), 2..5, 2..5);
+        let empty = Array2::from_elem((8, 8), false);
+        let d = surfel_distances(empty.view().into_dyn(), gt.view().into_dyn(), true, &[1.0, 1.0]).expect("valid");
+        assert_eq!(d.surface_dice(1.0).expect("tolerance"), 0.0);
+        assert_eq!(d.robust_hausdorff(95.0).expect("percentile"), f64::INFINITY);
+        let d = surfel_distances(empty.view().into_dyn(), empty.view().into_dyn(), true, &[1.0, 1.0]).expect("valid");
+        assert!(d.surface_dice(1.0).expect("tolerance").is_nan());
+        assert_eq!(d.robust_hausdorff(95.0).expect("percentile"), f64::INFINITY);
+    }
+
+    #[test]
+    fn lone_voxel_surface_is_symmetric_and_scales_with_spacing() {
+        let mut voxel = Array3::from_elem((3, 3, 3), false);
+        voxel[[1, 1, 1]] = true;
+        let area = |spacing: &[f64]| {
+            let d = surfel_distances(voxel.view().into_dyn(), voxel.view().into_dyn(), true, spacing).expect("valid");
+            assert_eq!(d.robust_hausdorff(100.0).expect("percentile"), 0.0);
+            assert_eq!(d.reference_to_prediction, d.prediction_to_reference);
+            d.reference_to_prediction.iter().map(|(_, a)| a).sum::<f64>()
+        };
+        // Areas scale with the square of an isotropic spacing.
+        let (unit, doubled) = (area(&[1.0, 1.0, 1.0]), area(&[2.0, 2.0, 2.0]));
+        assert!(unit > 0.0 && (doubled - 4.0 * unit).abs() < 1e-12, "{unit} {doubled}");
+    }
+}

@@ -1,0 +1,7 @@
+//! Image I/O. Volumes come out in nnU-Net's array order ((Z,) Y, X, C-contiguous) with the
+//! spacing in the same order, i.e. SimpleITK's order reversed; NIfTI's (x, y, z) order exists
+//! only inside the readers.
+
+pub mod nifti;
+
+pub use self::nifti::{read_image, read_label_map, Image, LabelMap};

@@ -1,0 +1,109 @@
+//! NIfTI-1 reading through the `nifti` crate (`.nii` and `.nii.gz`, every datatype,
+//! big-endian, `scl_slope`/`scl_inter` applied).
+//!
+//! The voxel array is returned in C order with the axes reversed from NIfTI's, so a 3-D
+//! file of NIfTI shape (x, y, z) gives (z, y, x) and a 2-D file (x, y) gives (y, x); trailing
+//! axes of length 1 beyond the third (e.g. a 4-D file with one time point) are dropped. The
+//! spacing is `|pixdim[1..=n]|` in the same reversed order.
+
+use std::path::Path;
+
+use ndarray::{ArrayD, Axis};
+use nifti::{IntoNdArray, NiftiObject, ReaderOptions};
+
+use crate::error::{Error, Result};
+
+/// An image: voxel values in array order and the spacing (mm) of each array axis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    /// Voxel values after scaling, shape ((Z,) Y, X), C order.
+    pub data: ArrayD<f32>,
+    /// Spacing per array axis in mm.
+    pub spacing: Vec<f64>,
+}
+
+/// A label map: integer labels in array order and the spacing of each array axis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelMap {
+    /// Labels, shape ((Z,) Y, X), C order.
+    pub data: ArrayD<u16>,
+    /// Spacing per array axis in mm.
+    pub spacing: Vec<f64>,
+}
+
+/// Reads a 2-D or 3-D NIfTI-1 image.
+///
+/// # Errors
+///
+/// When the file cannot be read or parsed (a truncated or corrupt file included), is not 2-D
+/// or 3-D, or has an invalid spacing; the error names the file.
+pub fn read_image(path: &Path) -> Result<Image> {
+    let nifti_error = |source| Error::Nifti {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !path.is_file() {
+        let source = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        return Err(Error::Io {
+            path: path.to_path_buf(),
+            source,
+        });
+    }
+    let object = ReaderOptions::new().read_file(path).map_err(nifti_error)?;
+    let header = object.header().clone();
+    let mut volume = object.into_volume().into_ndarray::<f32>().map_err(nifti_error)?;
+    while volume.ndim() > 3 && volume.shape().last() == Some(&1) {
+        let last = Axis(volume.ndim() - 1);
+        volume = volume.index_axis_move(last, 0);
+    }
+    if !(2..=3).contains(&volume.ndim()) {
+        return Err(Error::UnsupportedDimensionality {
+            path: path.to_path_buf(),
+            shape: volume.shape().to_vec(),
+        });
+    }
+    let spacing_xyz: Vec<f64> = header.pixdim[1..=volume.ndim()]
+        .iter()
+        .map(|&p| f64::from(p).abs())
+        .collect();
+    if spacing_xyz.iter().any(|s| !s.is_finite() || *s <= 0.0) {
+        return Err(Error::InvalidSpacing {
+            path: path.to_path_buf(),
+            spacing: spacing_xyz,
+        });
+    }
+    // The crate returns NIfTI (x, y, z) order in Fortran layout: reversing the axes gives
+    // (z, y, x) in C layout, which `as_standard_layout` then keeps without copying.
+    let data = volume.reversed_axes().as_standard_layout().into_owned();
+    Ok(Image {
+        data,
+        spacing: spacing_xyz.into_iter().rev().collect(),
+    })
+}
+
+/// Reads a 2-D or 3-D NIfTI-1 label map (any integer or float datatype holding integers in
+/// `0..=u16::MAX`).
+///
+/// # Errors
+///
+/// As [`read_image`], and [`Error::NotALabelMap`] for a negative, fractional, too large or
+/// NaN value.
+pub fn read_label_map(path: &Path) -> Result<LabelMap> {
+    let image = read_image(path)?;
+    let max = u16::MAX;
+    if let Some(&bad) = image
+        .data
+        .iter()
+        .find(|&&v| !(v >= 0.0 && v <= f32::from(max) && v.fract() == 0.0))
+    {
+        return Err(Error::NotALabelMap {
+            path: path.to_path_buf(),
+            value: f64::from(bad),
+            max,
+        });
+    }
+    Ok(LabelMap {
+        data: image.data.mapv(|v| v as u16),
+        spacing: image.spacing,
+    })
+}
