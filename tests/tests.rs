@@ -5,3 +5,6 @@ mod util;
 
 // `meddino --help`, `--version`, and the exit status of every subcommand.
 mod cli;
+
+// `meddino evaluate`: reference numbers through the CSV, malformed inputs.
+mod evaluate;

@@ -1,6 +1,6 @@
 //! Test helpers: a scratch folder per test and a runner for the built `meddino` binary.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// A scratch folder, removed when dropped.
@@ -16,6 +16,11 @@ impl Dir {
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
         Self { path }
+    }
+
+    /// The folder's path.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Runs `meddino` with `args` inside this folder.

@@ -4,6 +4,8 @@
 //! implementation has not landed yet are marked `[not implemented yet]` in `--help`, accept
 //! any arguments, and exit with status 1 saying so.
 
+mod evaluate;
+
 use anyhow::bail;
 use clap::{ArgAction, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -81,13 +83,14 @@ enum Command {
         -tr TRAINER [--checkpoint best|final] [--disable-tta] [--device cpu|cuda]")]
     Predict(Pending),
 
-    /// [not implemented yet] Score a folder of predictions with Dice, HD95 and NSD as
-    /// MedDINOv3 does.
-    #[command(long_about = "[not implemented yet] Score a folder of predicted label maps \
-        against reference labels with Dice, HD95 and NSD, as MedDINOv3's compute_metrics.py \
-        does.\n\nPlanned usage: meddino evaluate --pred DIR --labels DIR --dataset-json FILE \
-        [--nsd-tolerance-mm 1.0] [--nsd-method monai|surfel] [--out DIR] [--threads N]")]
-    Evaluate(Pending),
+    /// Score a folder of predictions with Dice, HD95 and NSD as MedDINOv3 does.
+    #[command(long_about = "Score a folder of predicted label maps against reference labels \
+        with Dice, HD95 and NSD, as MedDINOv3's compute_metrics.py does (MONAI's definitions; \
+        `--nsd-method surfel` for DeepMind surface-distance's). Writes segmentation_metrics.csv \
+        (one row per case, NaN as empty cells) and summary.json (per class mean and sample std, \
+        and their class-wise average; NaN as null) and prints the summary. A class absent from \
+        a case's label is NaN for that case and skipped in the means.")]
+    Evaluate(evaluate::EvaluateArgs),
 
     /// [not implemented yet] Extract DINOv3 patch features from an image and write PCA and
     /// similarity maps.
@@ -130,9 +133,12 @@ pub fn init_logging(level: tracing::Level) {
 ///
 /// # Errors
 ///
-/// Whatever the command fails with; for now, every command is not implemented yet.
+/// Whatever the command fails with, or "not implemented yet" for commands still to come.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let command = cli.command;
     tracing::debug!(?command, "dispatching");
-    bail!("`meddino {}` is not implemented yet", command.name())
+    match command {
+        Command::Evaluate(args) => evaluate::run(args),
+        pending => bail!("`meddino {}` is not implemented yet", pending.name()),
+    }
 }

@@ -1,9 +1,10 @@
 //! Fine-tuning MedDINOv3 segmentation networks the way the MedDINOv3 nnU-Net trainers do
-//! (loss, optimiser groups, schedules, checkpoints, validation), and nnU-Net's
-//! sliding-window predictor.
+//! (loss, optimiser groups, schedules, checkpoints, validation), nnU-Net's sliding-window
+//! predictor, and scoring folders of predictions.
 //!
-//! Precise behaviour: `shared/spec/meddinov3-reference.md` §4 and
-//! `shared/spec/nnunet-reference.md` §6–7.
+//! Landed so far: [`evaluation`] (a folder of predictions → `segmentation_metrics.csv` and
+//! `summary.json`, as MedDINOv3's `compute_metrics.py`). Precise behaviour:
+//! `shared/spec/meddinov3-reference.md` §4–5 and `shared/spec/nnunet-reference.md` §6–8.
 //!
 //! # Features
 //!
@@ -12,7 +13,11 @@
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
 
+mod error;
+pub mod evaluation;
+
 pub use candle_core as candle;
+pub use error::{Error, Result};
 pub use meddino_decoder as decoder;
 pub use meddino_eval as eval;
 pub use nnunet_data as data;

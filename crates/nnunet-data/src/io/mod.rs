@@ -2,6 +2,8 @@
 //! spacing in the same order, i.e. SimpleITK's order reversed; NIfTI's (x, y, z) order exists
 //! only inside the readers.
 
+pub mod atomic;
 pub mod nifti;
 
+pub use self::atomic::write_atomic;
 pub use self::nifti::{read_image, read_label_map, Image, LabelMap};

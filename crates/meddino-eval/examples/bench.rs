@@ -1,0 +1,185 @@
+//! Times scoring a folder of predictions: reading the label maps, then Dice, HD95 and NSD
+//! for every foreground class, cases in parallel.
+//!
+//! ```text
+//! cargo run --release -p meddino-eval --example bench -- DIR_PRED DIR_LABELS DATASET_JSON [--surfel]
+//! cargo run --release -p meddino-eval --example bench -- --generate DIR [--cases 3] [--size 512x512x100]
+//! ```
+//!
+//! `--generate` writes a synthetic folder (`DIR/pred`, `DIR/labels`, `DIR/dataset.json`) of
+//! CT-sized label maps with 5 ellipsoid organs, the predictions shifted and scaled a little,
+//! spacing 0.8×0.8×2.5 mm. The last line printed is `seconds=<total>`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use meddino_eval::{evaluate_case, CaseOptions, SurfaceMethod};
+use ndarray::{Array3, ShapeBuilder};
+use nnunet_data::io::read_label_map;
+use nnunet_data::{DatasetJson, LabelValue};
+use rayon::prelude::*;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    if let Some(dir) = flag("--generate") {
+        let cases: usize = flag("--cases").map(|c| c.parse()).transpose()?.unwrap_or(3);
+        let size = flag("--size").unwrap_or_else(|| "512x512x100".into());
+        let dims: Vec<usize> = size.split('x').map(str::parse).collect::<Result<_, _>>()?;
+        let [x, y, z] = dims[..] else {
+            return Err(format!("--size wants XxYxZ, got {size}").into());
+        };
+        return generate(Path::new(&dir), cases, (z, y, x));
+    }
+    let positional: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    let [pred, labels, dataset] = positional[..] else {
+        return Err("usage: bench DIR_PRED DIR_LABELS DATASET_JSON [--surfel] | bench --generate DIR".into());
+    };
+    let method = if args.iter().any(|a| a == "--surfel") {
+        SurfaceMethod::Surfel
+    } else {
+        SurfaceMethod::Monai
+    };
+    bench(Path::new(pred), Path::new(labels), Path::new(dataset), method)
+}
+
+fn bench(pred: &Path, labels: &Path, dataset: &Path, method: SurfaceMethod) -> Result<(), Error> {
+    let dataset = DatasetJson::read(dataset)?;
+    let ending = dataset.file_ending.clone().unwrap_or_else(|| ".nii.gz".into());
+    let classes: Vec<u16> = dataset
+        .foreground()
+        .filter_map(|e| match e.value {
+            LabelValue::Label(v) => u16::try_from(v).ok(),
+            LabelValue::Region(_) => None,
+        })
+        .collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(pred)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(&ending))
+        .collect();
+    files.sort();
+
+    let start = Instant::now();
+    let pairs = files
+        .par_iter()
+        .map(|p| {
+            let name = p.file_name().map(|n| n.to_owned()).unwrap_or_default();
+            Ok((read_label_map(p)?, read_label_map(&labels.join(name))?))
+        })
+        .collect::<Result<Vec<_>, nnunet_data::Error>>()?;
+    let read = start.elapsed().as_secs_f64();
+    let options = CaseOptions::new().with_method(method);
+    let scoring = Instant::now();
+    let scores = pairs
+        .par_iter()
+        .map(|(p, l)| evaluate_case(p.data.view(), l.data.view(), &l.spacing, &classes, &options))
+        .collect::<Result<Vec<_>, _>>()?;
+    let score = scoring.elapsed().as_secs_f64();
+    let total = start.elapsed().as_secs_f64();
+
+    println!(
+        "{:<28} {:>10} {:>10} {:>10}",
+        "case", "mean dice", "mean hd95", "mean nsd"
+    );
+    for (file, case) in files.iter().zip(&scores) {
+        let mean = |f: fn(&meddino_eval::ClassScores) -> f64| case.iter().map(f).sum::<f64>() / case.len() as f64;
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        println!(
+            "{name:<28} {:>10.4} {:>10.3} {:>10.4}",
+            mean(|s| s.dice),
+            mean(|s| s.hd95),
+            mean(|s| s.nsd)
+        );
+    }
+    let shape = pairs
+        .first()
+        .map(|(p, _)| format!("{:?}", p.data.shape()))
+        .unwrap_or_default();
+    println!(
+        "{} cases {shape}, {} classes, method {method}, {} threads: read {read:.3} s, score {score:.3} s",
+        files.len(),
+        classes.len(),
+        rayon::current_num_threads()
+    );
+    println!("seconds={total:.3}");
+    Ok(())
+}
+
+/// Five ellipsoid organs: (centre as a fraction of the volume (z, y, x), radii in voxels).
+const ORGANS: [([f64; 3], [f64; 3]); 5] = [
+    ([0.50, 0.45, 0.35], [30.0, 90.0, 80.0]),
+    ([0.45, 0.40, 0.70], [20.0, 45.0, 40.0]),
+    ([0.40, 0.60, 0.25], [15.0, 35.0, 30.0]),
+    ([0.55, 0.60, 0.75], [15.0, 35.0, 30.0]),
+    ([0.30, 0.30, 0.55], [10.0, 25.0, 20.0]),
+];
+
+fn phantom(shape: (usize, usize, usize), case: usize, perturbed: bool) -> Array3<f32> {
+    let (nz, ny, nx) = shape;
+    let mut volume = Array3::<f32>::zeros(shape);
+    for (label, (centre, radii)) in ORGANS.iter().enumerate() {
+        let wobble = (case as f64 + 1.0) * 0.02;
+        let (shift, scale) = if perturbed {
+            ((label % 3) as f64 + 1.0, 1.0 + wobble)
+        } else {
+            (0.0, 1.0)
+        };
+        let c = [
+            centre[0] * nz as f64,
+            centre[1] * ny as f64 + shift,
+            centre[2] * nx as f64 - shift,
+        ];
+        let r = radii.map(|r| r * scale * (1.0 - wobble));
+        for z in 0..nz {
+            for y in 0..ny {
+                for x in 0..nx {
+                    let d = [z as f64 - c[0], y as f64 - c[1], x as f64 - c[2]];
+                    if (0..3).map(|a| (d[a] / r[a]).powi(2)).sum::<f64>() <= 1.0 {
+                        volume[[z, y, x]] = (label + 1) as f32;
+                    }
+                }
+            }
+        }
+    }
+    volume
+}
+
+fn write(path: &Path, volume: &Array3<f32>) -> Result<(), Error> {
+    let mut header = nifti::NiftiHeader::default();
+    header.pixdim[1..4].copy_from_slice(&[0.8, 0.8, 2.5]);
+    let xyz = volume.view().reversed_axes();
+    let fortran = Array3::from_shape_vec(xyz.raw_dim().f(), xyz.t().iter().map(|&v| v as u8).collect())?;
+    nifti::writer::WriterOptions::new(path)
+        .reference_header(&header)
+        .write_nifti(&fortran)?;
+    Ok(())
+}
+
+fn generate(dir: &Path, cases: usize, shape: (usize, usize, usize)) -> Result<(), Error> {
+    for sub in ["pred", "labels"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    let labels: String = (1..=ORGANS.len()).map(|i| format!(", \"organ{i}\": {i}")).collect();
+    let dataset = format!(
+        "{{\"channel_names\": {{\"0\": \"CT\"}}, \"labels\": {{\"background\": 0{labels}}}, \"numTraining\": {cases}, \"file_ending\": \".nii.gz\"}}\n"
+    );
+    std::fs::write(dir.join("dataset.json"), dataset)?;
+    (0..cases).into_par_iter().try_for_each(|case| -> Result<(), Error> {
+        let name = format!("case_{case:03}.nii.gz");
+        write(&dir.join("labels").join(&name), &phantom(shape, case, false))?;
+        write(&dir.join("pred").join(&name), &phantom(shape, case, true))?;
+        Ok(())
+    })?;
+    println!("wrote {cases} cases of shape {shape:?} (z, y, x) to {}", dir.display());
+    Ok(())
+}
