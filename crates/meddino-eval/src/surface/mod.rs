@@ -16,9 +16,28 @@ pub mod monai;
 pub mod surfel;
 mod surfel_normals;
 
-use ndarray::{Array3, Zip};
+use ndarray::{Array3, ArrayViewD, Zip};
 
 use crate::edt::squared_distance_transform;
+use crate::grid::{grids, BoundingBox, Grid};
+use crate::overlap::class_stats;
+
+/// Both label maps as grids, and the union box of `class` in them (`None` when absent
+/// from both): what every single-class surface computation starts from.
+#[allow(clippy::type_complexity)]
+fn class_region<'a, 'b, L: Copy + PartialEq + Sync>(
+    prediction: ArrayViewD<'a, L>,
+    reference: ArrayViewD<'b, L>,
+    class: L,
+    spacing: &[f64],
+) -> crate::Result<(Grid<'a, L>, Grid<'b, L>, Option<BoundingBox>)> {
+    let (prediction, reference) = grids(prediction, reference, spacing)?;
+    let stats = class_stats(&prediction, &reference, &[class]);
+    let region = stats
+        .first()
+        .and_then(|s| BoundingBox::union(s.prediction_box, s.reference_box));
+    Ok((prediction, reference, region))
+}
 
 /// Distances in mm from each `true` point of `from` to the nearest `true` point of `to`
 /// (both on the same grid), in C order of `from`. `None` when `to` has no point.
@@ -60,5 +79,37 @@ fn check_percentile(percentile: f64) -> crate::Result<()> {
             value: percentile,
             expected: "in [0, 100]",
         })
+    }
+}
+
+/// The spec's test configurations (nnunet-reference.md §8.3), shared by both definitions.
+#[cfg(test)]
+mod fixtures {
+    use ndarray::{s, Array2, Array3, ArrayD};
+
+    /// 20×20: gt[5:12, 5:12], pred[6:14, 5:11], as (prediction, reference).
+    pub(super) fn squares_2d() -> (ArrayD<bool>, ArrayD<bool>) {
+        let square = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
+            let mut m = Array2::from_elem((20, 20), false);
+            m.slice_mut(s![rows, cols]).fill(true);
+            m.into_dyn()
+        };
+        (square(6..14, 5..11), square(5..12, 5..12))
+    }
+
+    /// 10×12×14: gt[2:7, 3:9, 4:10], pred[3:8, 3:10, 5:10], as (prediction, reference).
+    pub(super) fn boxes_3d() -> (ArrayD<bool>, ArrayD<bool>) {
+        let mut gt = Array3::from_elem((10, 12, 14), false);
+        gt.slice_mut(s![2..7, 3..9, 4..10]).fill(true);
+        let mut pred = Array3::from_elem((10, 12, 14), false);
+        pred.slice_mut(s![3..8, 3..10, 5..10]).fill(true);
+        (pred.into_dyn(), gt.into_dyn())
+    }
+
+    /// 8×8 with gt[2:5, 2:5] and an empty mask, as (empty, gt).
+    pub(super) fn empty_and_square() -> (ArrayD<bool>, ArrayD<bool>) {
+        let mut gt = Array2::from_elem((8, 8), false);
+        gt.slice_mut(s![2..5, 2..5]).fill(true);
+        (Array2::from_elem((8, 8), false).into_dyn(), gt.into_dyn())
     }
 }

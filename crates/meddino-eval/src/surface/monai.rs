@@ -10,9 +10,8 @@
 
 use ndarray::{Array3, ArrayViewD};
 
-use super::{check_percentile, check_tolerance, distances_to};
-use crate::grid::{crop_mask, grids, BoundingBox, Dims, Grid};
-use crate::overlap::class_stats;
+use super::{check_percentile, check_tolerance, class_region, distances_to};
+use crate::grid::{crop_mask, BoundingBox, Dims, Grid};
 use crate::Result;
 
 /// Directed boundary-voxel distances (mm) between a prediction and a reference mask.
@@ -153,59 +152,43 @@ pub fn edge_distances<L: Copy + PartialEq + Sync>(
     class: L,
     spacing: &[f64],
 ) -> Result<EdgeDistances> {
-    let (prediction, reference) = grids(prediction, reference, spacing)?;
-    let stats = class_stats(&prediction, &reference, &[class]);
-    let region = stats
-        .first()
-        .and_then(|s| BoundingBox::union(s.prediction_box, s.reference_box));
+    let (prediction, reference, region) = class_region(prediction, reference, class, spacing)?;
     Ok(edge_distances_in(&prediction, &reference, class, region))
 }
 
 #[cfg(test)]
 mod tests {
-    use ndarray::{s, Array2, Array3};
+    use ndarray::Array2;
 
+    use super::super::fixtures;
     use super::*;
 
-    fn square(shape: (usize, usize), rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) -> Array2<bool> {
-        let mut m = Array2::from_elem(shape, false);
-        m.slice_mut(s![rows, cols]).fill(true);
-        m
+    fn distances(pair: &(ndarray::ArrayD<bool>, ndarray::ArrayD<bool>), spacing: &[f64]) -> EdgeDistances {
+        edge_distances(pair.0.view(), pair.1.view(), true, spacing).expect("valid")
     }
 
-    /// The spec's MONAI test vectors (nnunet-reference.md §8.3).
+    /// The spec's MONAI test vectors (nnunet-reference.md §8.3; numpy re-implementation).
     #[test]
-    fn spec_vectors_2d() {
-        let gt = square((20, 20), 5..12, 5..12);
-        let pred = square((20, 20), 6..14, 5..11);
-        let d = edge_distances(pred.view().into_dyn(), gt.view().into_dyn(), true, &[1.0, 1.0]).expect("valid");
+    fn spec_vectors() {
+        let d = distances(&fixtures::squares_2d(), &[1.0, 1.0]);
         assert!((d.surface_dice(1.0).expect("tolerance") - 0.8125).abs() < 1e-12);
         assert_eq!(d.hausdorff(95.0).expect("percentile"), 2.0);
-        let d = edge_distances(pred.view().into_dyn(), gt.view().into_dyn(), true, &[2.0, 0.5]).expect("valid");
+        let d = distances(&fixtures::squares_2d(), &[2.0, 0.5]);
         assert!((d.surface_dice(1.0).expect("tolerance") - 0.6666666666666666).abs() < 1e-12);
         assert_eq!(d.hausdorff(95.0).expect("percentile"), 4.0);
-    }
-
-    #[test]
-    fn spec_vector_3d() {
-        let mut gt = Array3::from_elem((10, 12, 14), false);
-        gt.slice_mut(s![2..7, 3..9, 4..10]).fill(true);
-        let mut pred = Array3::from_elem((10, 12, 14), false);
-        pred.slice_mut(s![3..8, 3..10, 5..10]).fill(true);
-        let d = edge_distances(pred.view().into_dyn(), gt.view().into_dyn(), true, &[3.0, 1.0, 0.8]).expect("valid");
+        let d = distances(&fixtures::boxes_3d(), &[3.0, 1.0, 0.8]);
         assert!((d.surface_dice(2.0).expect("tolerance") - 0.7290076335877863).abs() < 1e-12);
         assert_eq!(d.hausdorff(95.0).expect("percentile"), 3.0);
     }
 
     #[test]
     fn empty_prediction_and_both_empty() {
-        let gt = square((8, 8), 2..5, 2..5);
-        let empty = Array2::from_elem((8, 8), false);
-        let d = edge_distances(empty.view().into_dyn(), gt.view().into_dyn(), true, &[1.0, 1.0]).expect("valid");
+        let (empty, gt) = fixtures::empty_and_square();
+        let d = distances(&(empty.clone(), gt), &[1.0, 1.0]);
         assert_eq!(d.surface_dice(1.0).expect("tolerance"), 0.0);
         assert_eq!(d.hausdorff(100.0).expect("percentile"), f64::INFINITY);
         assert!(d.hausdorff(95.0).expect("percentile").is_nan());
-        let d = edge_distances(empty.view().into_dyn(), empty.view().into_dyn(), true, &[1.0, 1.0]).expect("valid");
+        let d = distances(&(empty.clone(), empty), &[1.0, 1.0]);
         assert!(d.surface_dice(1.0).expect("tolerance").is_nan());
         assert!(d.hausdorff(95.0).expect("percentile").is_nan());
     }
