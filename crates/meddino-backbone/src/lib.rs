@@ -6,9 +6,19 @@
 //! - Precise behaviour: `shared/spec/meddinov3-reference.md` §1 (token layout, RoPE, blocks,
 //!   norms, `get_intermediate_layers`, state-dict keys, checkpoint layouts, model sizes).
 //!
-//! Planned modules (one per upstream Python module): `patch_embed`, `rope`, `attention`,
-//! `ffn`, `layer_scale`, `norm`, `block`, `vit`, `checkpoint`, with the `Backbone` trait that
-//! the decoder heads are generic over. See `docs/architecture.md` in the repository.
+//! ```no_run
+//! use meddino_backbone::{candle::{Device, Tensor}, Config, DinoVisionTransformer};
+//!
+//! let device = Device::Cpu;
+//! let model = DinoVisionTransformer::load(&Config::meddinov3_vitb16(), "model.pth".as_ref(), &device)?;
+//! let image = Tensor::zeros((1, 3, 224, 224), meddino_backbone::candle::DType::F32, &device)?;
+//! let features = model.forward_features(&image)?;
+//! assert_eq!(features.x_norm_patchtokens.dims(), &[1, 196, 768]);
+//! # Ok::<(), meddino_backbone::Error>(())
+//! ```
+//!
+//! Every forward op is differentiable (LayerNorm, softmax and RoPE are composite), so the
+//! model can be fine-tuned when built from a `VarMap`.
 //!
 //! # Features
 //!
@@ -17,4 +27,22 @@
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
 
+mod attention;
+mod backbone;
+mod block;
+pub mod checkpoint;
+pub mod config;
+mod error;
+mod ffn;
+mod layer_scale;
+mod norm;
+mod patch_embed;
+pub mod rope;
+pub mod vit;
+
+pub use backbone::Backbone;
 pub use candle_core as candle;
+pub use checkpoint::{CheckpointFormat, StateDict};
+pub use config::{Config, FfnLayer, NormLayer, NormalizeCoords, RopeDtype};
+pub use error::{Error, Result};
+pub use vit::{DinoVisionTransformer, Features, IntermediateLayer, IntermediateOptions, LayerSelection};

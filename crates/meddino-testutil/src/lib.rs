@@ -38,6 +38,7 @@ pub use compare::{assert_close, compare, Comparison};
 #[cfg(feature = "candle")]
 pub use compare::{assert_tensor_close, tensor_to_array};
 pub use load::TensorFile;
+pub use ndarray;
 pub use reference::{
     default_reference_dir, reference_dir, resolve_reference_dir, workspace_root, ReferenceDir, Resolution,
     REFERENCE_DIR_ENV,

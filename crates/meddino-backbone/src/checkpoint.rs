@@ -1,0 +1,299 @@
+//! Reading checkpoints and loading them strictly into a model.
+//!
+//! Formats, detected from the file:
+//! - safetensors: a flat state dict;
+//! - `.pth` (PyTorch zip format): a DINOv3 training checkpoint (`teacher` entry, keys
+//!   prefixed `backbone.`, SSL heads `dino_head.*`/`ibot_head.*` dropped) as the MedDINOv3
+//!   release ships it; an nnU-Net checkpoint (`network_weights`); a `state_dict` or `model`
+//!   wrapper; or a flat state dict as the DINOv3 hub files are. A `module.` prefix (from
+//!   DataParallel) is removed.
+//!
+//! A segmentation network's state dict holds the backbone under `dino_encoder.`;
+//! [`StateDict::backbone`] picks it out. Loading is strict: every missing, mis-shaped and
+//! unexpected tensor is reported by name, all at once.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::vit::DinoVisionTransformer;
+
+/// The layout a checkpoint file had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointFormat {
+    /// A safetensors file.
+    Safetensors,
+    /// A DINOv3 training checkpoint (`teacher`).
+    Teacher,
+    /// An nnU-Net training checkpoint (`network_weights`).
+    NnUnet,
+    /// A `.pth` with a `state_dict` or `model` entry.
+    Wrapped,
+    /// A flat `.pth` state dict.
+    FlatPth,
+}
+
+/// A state dict read from a file, keys normalised as described in the module docs.
+#[derive(Debug, Clone)]
+pub struct StateDict {
+    path: PathBuf,
+    format: CheckpointFormat,
+    tensors: HashMap<String, Tensor>,
+}
+
+/// The prefix under which segmentation networks keep their backbone.
+pub const ENCODER_PREFIX: &str = "dino_encoder.";
+
+impl StateDict {
+    /// Reads a checkpoint onto the CPU.
+    ///
+    /// # Errors
+    ///
+    /// When the file is missing, unreadable, or not a safetensors / PyTorch zip checkpoint
+    /// holding tensors; the error names the file.
+    pub fn read(path: &Path) -> Result<Self> {
+        let fail = |message: String| Error::Checkpoint {
+            path: path.to_path_buf(),
+            message,
+        };
+        if !path.is_file() {
+            return Err(fail("no such file".into()));
+        }
+        let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+        let (format, entries) = if is_safetensors {
+            let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+                .map_err(|e| fail(format!("not a readable safetensors file: {e}")))?;
+            (CheckpointFormat::Safetensors, tensors.into_iter().collect::<Vec<_>>())
+        } else {
+            Self::read_pth(path)?
+        };
+        let mut tensors = HashMap::with_capacity(entries.len());
+        for (name, tensor) in entries {
+            if format == CheckpointFormat::Teacher && (name.contains("dino_head") || name.contains("ibot")) {
+                continue;
+            }
+            let name = name.strip_prefix("module.").unwrap_or(&name);
+            let name = if format == CheckpointFormat::Teacher {
+                name.replace("backbone.", "")
+            } else {
+                name.to_string()
+            };
+            let _ = tensors.insert(name, tensor);
+        }
+        if tensors.is_empty() {
+            return Err(fail("holds no tensors".into()));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            format,
+            tensors,
+        })
+    }
+
+    /// A PyTorch zip checkpoint: the first wrapper entry that exists, else the top level.
+    fn read_pth(path: &Path) -> Result<(CheckpointFormat, Vec<(String, Tensor)>)> {
+        let wrappers = [
+            ("teacher", CheckpointFormat::Teacher),
+            ("network_weights", CheckpointFormat::NnUnet),
+            ("state_dict", CheckpointFormat::Wrapped),
+            ("model", CheckpointFormat::Wrapped),
+        ];
+        for (key, format) in wrappers {
+            if let Ok(entries) = candle_core::pickle::read_all_with_key(path, Some(key)) {
+                if !entries.is_empty() {
+                    return Ok((format, entries));
+                }
+            }
+        }
+        let entries = candle_core::pickle::read_all(path).map_err(|e| Error::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!("not a readable PyTorch (zip) or safetensors checkpoint: {e}"),
+        })?;
+        Ok((CheckpointFormat::FlatPth, entries))
+    }
+
+    /// Wraps tensors already in memory (`path` names them in errors).
+    pub fn from_tensors(path: impl Into<PathBuf>, tensors: HashMap<String, Tensor>) -> Self {
+        Self {
+            path: path.into(),
+            format: CheckpointFormat::Safetensors,
+            tensors,
+        }
+    }
+
+    /// The file it came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The layout the file had.
+    pub fn format(&self) -> CheckpointFormat {
+        self.format
+    }
+
+    /// All tensors by (normalised) name.
+    pub fn tensors(&self) -> &HashMap<String, Tensor> {
+        &self.tensors
+    }
+
+    /// The backbone's tensors: those under `dino_encoder.` (prefix removed) when the state
+    /// dict is a segmentation network's, else all of them.
+    pub fn backbone(&self) -> StateDict {
+        let encoder: HashMap<String, Tensor> = self
+            .tensors
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix(ENCODER_PREFIX).map(|k| (k.to_string(), t.clone())))
+            .collect();
+        let tensors = if encoder.is_empty() {
+            self.tensors.clone()
+        } else {
+            encoder
+        };
+        Self {
+            path: self.path.clone(),
+            format: self.format,
+            tensors,
+        }
+    }
+
+    /// Writes the state dict as safetensors (the `convert` path).
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be written.
+    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        candle_core::safetensors::save(&self.tensors, path).map_err(|e| Error::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!("cannot write safetensors: {e}"),
+        })
+    }
+
+    /// Builds something from this state dict strictly: `build` gets a `VarBuilder` that
+    /// records every tensor asked for; afterwards every missing, mis-shaped or unused
+    /// tensor is reported, naming it, as one error about `what`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::StateDict`] listing every problem, or what `build` returns.
+    pub fn load_strict<T>(
+        &self,
+        what: &str,
+        dtype: DType,
+        device: &Device,
+        build: impl FnOnce(VarBuilder) -> Result<T>,
+    ) -> Result<T> {
+        let records = Arc::new(Mutex::new(Records::default()));
+        let backend = StrictBackend {
+            tensors: self.tensors.clone(),
+            records: Arc::clone(&records),
+        };
+        let built = build(VarBuilder::from_backend(Box::new(backend), dtype, device.clone()));
+        let records = std::mem::take(&mut *records.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut problems = records.problems;
+        let mut unexpected: Vec<&String> = self.tensors.keys().filter(|k| !records.used.contains(*k)).collect();
+        unexpected.sort();
+        problems.extend(
+            unexpected
+                .into_iter()
+                .map(|k| format!("unexpected: {k} {:?}", self.tensors[k].dims())),
+        );
+        if !problems.is_empty() {
+            problems.sort();
+            return Err(Error::StateDict {
+                path: self.path.clone(),
+                what: what.to_string(),
+                problems,
+            });
+        }
+        built
+    }
+}
+
+/// What a strict load saw.
+#[derive(Debug, Default)]
+struct Records {
+    used: HashSet<String>,
+    problems: Vec<String>,
+}
+
+/// A VarBuilder backend over a state dict that never fails mid-build: a missing or
+/// mis-shaped tensor is recorded and replaced by zeros, so one load reports every problem.
+struct StrictBackend {
+    tensors: HashMap<String, Tensor>,
+    records: Arc<Mutex<Records>>,
+}
+
+impl SimpleBackend for StrictBackend {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = records.used.insert(name.to_string());
+        match self.tensors.get(name) {
+            Some(t) if t.shape() == &shape => t.to_dtype(dtype)?.to_device(dev),
+            Some(t) => {
+                records.problems.push(format!(
+                    "wrong shape: {name} is {:?}, expected {:?}",
+                    t.dims(),
+                    shape.dims()
+                ));
+                Tensor::zeros(shape, dtype, dev)
+            }
+            None => {
+                records.problems.push(format!("missing: {name} {:?}", shape.dims()));
+                Tensor::zeros(shape, dtype, dev)
+            }
+        }
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let mut records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = records.used.insert(name.to_string());
+        match self.tensors.get(name) {
+            Some(t) => t.to_dtype(dtype)?.to_device(dev),
+            None => {
+                records.problems.push(format!("missing: {name}"));
+                Err(candle_core::Error::CannotFindTensor { path: name.to_string() })
+            }
+        }
+    }
+
+    /// Strict: every optional tensor (buffers such as `rope_embed.periods`) is required.
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+impl DinoVisionTransformer {
+    /// Builds the model from a state dict, strictly (see [`StateDict::load_strict`]); a
+    /// segmentation network's state dict contributes its `dino_encoder.` part.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::StateDict`] naming every missing, mis-shaped or unexpected tensor.
+    pub fn from_state_dict(cfg: &Config, state: &StateDict, device: &Device) -> Result<Self> {
+        state
+            .backbone()
+            .load_strict("backbone", DType::F32, device, |vb| Self::new(cfg, vb))
+    }
+
+    /// Reads a checkpoint (any format in the module docs) and builds the model from it.
+    ///
+    /// # Errors
+    ///
+    /// As [`StateDict::read`] and [`Self::from_state_dict`].
+    pub fn load(cfg: &Config, path: &Path, device: &Device) -> Result<Self> {
+        Self::from_state_dict(cfg, &StateDict::read(path)?, device)
+    }
+}

@@ -1,0 +1,101 @@
+//! LayerNorm and RMSNorm written from differentiable tensor ops.
+//!
+//! candle-nn's fused LayerNorm/RMSNorm kernels have no backward and silently cut the
+//! autograd graph, so training would leave everything before them untouched; these
+//! composite versions are exact and keep gradients flowing.
+
+use candle_core::{DType, Module, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+use crate::config::NormLayer;
+use crate::error::Result;
+
+/// A normalisation over the last axis, as `norm_layer` selects.
+#[derive(Debug, Clone)]
+pub(crate) enum Norm {
+    LayerNorm { weight: Tensor, bias: Tensor, eps: f64 },
+    RmsNorm { weight: Tensor, eps: f64 },
+}
+
+impl Norm {
+    /// `weight` (and `bias`) of width `dim` under `vb`.
+    pub(crate) fn new(kind: NormLayer, dim: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
+        Ok(match kind {
+            NormLayer::RmsNorm => Norm::RmsNorm {
+                weight,
+                eps: kind.eps(),
+            },
+            NormLayer::LayerNorm | NormLayer::LayerNormBf16 => Norm::LayerNorm {
+                weight,
+                bias: vb.get_with_hints(dim, "bias", Init::Const(0.0))?,
+                eps: kind.eps(),
+            },
+        })
+    }
+}
+
+impl Module for Norm {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let dtype = xs.dtype();
+        // Statistics in f32 at least, as torch does for reduced-precision inputs.
+        let xs = if dtype == DType::F64 {
+            xs.clone()
+        } else {
+            xs.to_dtype(DType::F32)?
+        };
+        let normed = match self {
+            Norm::LayerNorm { weight, bias, eps } => {
+                let centered = xs.broadcast_sub(&xs.mean_keepdim(D::Minus1)?)?;
+                let variance = centered.sqr()?.mean_keepdim(D::Minus1)?;
+                centered
+                    .broadcast_div(&(variance + *eps)?.sqrt()?)?
+                    .broadcast_mul(weight)?
+                    .broadcast_add(bias)?
+            }
+            Norm::RmsNorm { weight, eps } => {
+                let mean_square = xs.sqr()?.mean_keepdim(D::Minus1)?;
+                xs.broadcast_div(&(mean_square + *eps)?.sqrt()?)?
+                    .broadcast_mul(weight)?
+            }
+        };
+        normed.to_dtype(dtype)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    #[test]
+    fn layer_norm_matches_the_formula_and_has_gradients() {
+        let dev = Device::Cpu;
+        let xs = candle_core::Var::from_tensor(&Tensor::new(&[[1f32, 2.0, 4.0], [0.0, -1.0, 3.0]], &dev).expect("x"))
+            .expect("var");
+        let norm = Norm::LayerNorm {
+            weight: Tensor::new(&[1f32, 2.0, 0.5], &dev).expect("w"),
+            bias: Tensor::new(&[0f32, 1.0, 0.0], &dev).expect("b"),
+            eps: 1e-6,
+        };
+        let out = norm.forward(xs.as_tensor()).expect("forward");
+        let row: Vec<f32> = out.get(0).and_then(|r| r.to_vec1()).expect("row");
+        // mean 7/3, var 14/9: (x − mean)/sqrt(var + eps) · w + b
+        let (mean, std) = (7.0f32 / 3.0, (14.0f32 / 9.0 + 1e-6).sqrt());
+        let expected = [
+            (1.0 - mean) / std,
+            (2.0 - mean) / std * 2.0 + 1.0,
+            (4.0 - mean) / std * 0.5,
+        ];
+        for (a, b) in row.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-5, "{row:?} vs {expected:?}");
+        }
+        let grads = out
+            .sqr()
+            .and_then(|o| o.sum_all())
+            .and_then(|l| l.backward())
+            .expect("backward");
+        assert!(grads.get(xs.as_tensor()).is_some(), "the graph reaches the input");
+    }
+}
