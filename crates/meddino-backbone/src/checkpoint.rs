@@ -162,15 +162,21 @@ impl StateDict {
         }
     }
 
-    /// Writes the state dict as safetensors (the `convert` path).
+    /// Writes the state dict as safetensors (the `convert` path), atomically: a temporary
+    /// file beside `path` is renamed over it once complete.
     ///
     /// # Errors
     ///
-    /// When the file cannot be written.
+    /// When the file cannot be written; nothing is left at `path` then.
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
-        candle_core::safetensors::save(&self.tensors, path).map_err(|e| Error::Checkpoint {
-            path: path.to_path_buf(),
-            message: format!("cannot write safetensors: {e}"),
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let temporary = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        let result = candle_core::safetensors::save(&self.tensors, &temporary)
+            .map_err(|e| e.to_string())
+            .and_then(|()| std::fs::rename(&temporary, path).map_err(|e| e.to_string()));
+        result.map_err(|message| {
+            let _ = std::fs::remove_file(&temporary);
+            Error::Checkpoint { path: path.to_path_buf(), message: format!("cannot write safetensors: {message}") }
         })
     }
 
@@ -295,5 +301,115 @@ impl DinoVisionTransformer {
     /// As [`StateDict::read`] and [`Self::from_state_dict`].
     pub fn load(cfg: &Config, path: &Path, device: &Device) -> Result<Self> {
         Self::from_state_dict(cfg, &StateDict::read(path)?, device)
+    }
+}
+
+/// The shape-visible structure of a backbone: what a state dict can tell about its config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Structure {
+    embed_dim: usize,
+    depth: usize,
+    head_dim: usize,
+    patch_size: usize,
+    in_chans: usize,
+    n_storage_tokens: usize,
+    qkv_bias: bool,
+    mask_k_bias: bool,
+    swiglu: bool,
+    ffn_hidden: usize,
+    layer_scale: bool,
+    untie_cls_and_patch_norms: bool,
+    untie_global_and_local_cls_norm: bool,
+}
+
+impl Structure {
+    fn of_config(cfg: &Config) -> Self {
+        Self {
+            embed_dim: cfg.embed_dim,
+            depth: cfg.depth,
+            head_dim: cfg.head_dim(),
+            patch_size: cfg.patch_size,
+            in_chans: cfg.in_chans,
+            n_storage_tokens: cfg.n_storage_tokens,
+            qkv_bias: cfg.qkv_bias,
+            mask_k_bias: cfg.qkv_bias && cfg.mask_k_bias,
+            swiglu: cfg.ffn_layer != crate::config::FfnLayer::Mlp,
+            ffn_hidden: cfg.ffn_layer.hidden_dim(cfg.embed_dim, cfg.ffn_ratio),
+            layer_scale: cfg.has_layer_scale(),
+            untie_cls_and_patch_norms: cfg.untie_cls_and_patch_norms,
+            untie_global_and_local_cls_norm: cfg.untie_global_and_local_cls_norm,
+        }
+    }
+
+    fn of_state(state: &StateDict) -> Result<Self> {
+        let t = state.tensors();
+        let dims = |name: &str| -> Result<Vec<usize>> {
+            t.get(name).map(|x| x.dims().to_vec()).ok_or_else(|| Error::Checkpoint {
+                path: state.path().to_path_buf(),
+                message: format!("cannot infer the architecture: no tensor {name}"),
+            })
+        };
+        let patch = dims("patch_embed.proj.weight")?;
+        let [embed_dim, in_chans, patch_size, _] = patch[..] else {
+            return Err(Error::Checkpoint {
+                path: state.path().to_path_buf(),
+                message: format!("patch_embed.proj.weight has shape {patch:?}, expected [D, C, p, p]"),
+            });
+        };
+        let depth = t
+            .keys()
+            .filter_map(|k| k.strip_prefix("blocks.")?.split('.').next()?.parse::<usize>().ok())
+            .max()
+            .map_or(0, |m| m + 1);
+        let periods = dims("rope_embed.periods")?;
+        let swiglu = t.contains_key("blocks.0.mlp.w1.weight");
+        let hidden = dims(if swiglu { "blocks.0.mlp.w1.weight" } else { "blocks.0.mlp.fc1.weight" })?;
+        Ok(Self {
+            embed_dim,
+            depth,
+            head_dim: 4 * periods.first().copied().unwrap_or(0),
+            patch_size,
+            in_chans,
+            n_storage_tokens: t.get("storage_tokens").map_or(0, |s| s.dims().get(1).copied().unwrap_or(0)),
+            qkv_bias: t.contains_key("blocks.0.attn.qkv.bias"),
+            mask_k_bias: t.contains_key("blocks.0.attn.qkv.bias_mask"),
+            swiglu,
+            ffn_hidden: hidden.first().copied().unwrap_or(0),
+            layer_scale: t.contains_key("blocks.0.ls1.gamma"),
+            untie_cls_and_patch_norms: t.contains_key("cls_norm.weight"),
+            untie_global_and_local_cls_norm: t.contains_key("local_cls_norm.weight"),
+        })
+    }
+}
+
+impl Config {
+    /// The preset whose architecture a backbone state dict has, when exactly one fits.
+    ///
+    /// Shapes tell widths, depth, heads (from the RoPE periods), storage tokens, biases and
+    /// the FFN, but not the norm epsilon or the RoPE precision: those come from the preset,
+    /// which is why a state dict matching several presets (or none) is refused.
+    ///
+    /// # Errors
+    ///
+    /// When no preset or several fit (the message names them), or the state dict lacks the
+    /// tensors the inference reads.
+    pub fn infer(state: &StateDict) -> Result<Self> {
+        let state = state.backbone();
+        let structure = Structure::of_state(&state)?;
+        let matches: Vec<&str> = Config::PRESETS
+            .into_iter()
+            .filter(|name| Config::preset(name).is_ok_and(|cfg| Structure::of_config(&cfg) == structure))
+            .collect();
+        match matches[..] {
+            [name] => Config::preset(name),
+            [] => Err(Error::Checkpoint {
+                path: state.path().to_path_buf(),
+                message: format!("no preset has this architecture ({structure:?}); give the config explicitly"),
+            }),
+            _ => Err(Error::Checkpoint {
+                path: state.path().to_path_buf(),
+                message: format!("the architecture fits several presets ({}); choose one", matches.join(", ")),
+            }),
+        }
     }
 }

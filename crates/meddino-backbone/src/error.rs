@@ -13,7 +13,7 @@ pub enum Error {
     #[error("{0}")]
     Input(String),
     /// A checkpoint whose tensors do not fit the model; every problem is listed by key.
-    #[error("{}: checkpoint does not fit the {what}:\n{}", path.display(), problems.join("\n"))]
+    #[error("{}: checkpoint does not fit the {what} ({} problems):\n{}", path.display(), problems.len(), listed(problems))]
     StateDict {
         /// The checkpoint file.
         path: PathBuf,
@@ -33,6 +33,17 @@ pub enum Error {
     /// A candle error.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+/// The first problems, one per line, and how many more there are: a checkpoint of another
+/// architecture mismatches almost every key, and the first lines tell the story.
+fn listed(problems: &[String]) -> String {
+    const SHOWN: usize = 25;
+    let mut text = problems.iter().take(SHOWN).map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n");
+    if problems.len() > SHOWN {
+        text.push_str(&format!("\n  ... and {} more", problems.len() - SHOWN));
+    }
+    text
 }
 
 /// `Result` with this crate's [`Error`].

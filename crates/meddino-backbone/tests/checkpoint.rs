@@ -151,3 +151,28 @@ fn reference_checkpoint_formats_load_the_same_weights() {
     b.sort();
     assert_eq!(a, b, "the teacher checkpoint holds exactly the flat state dict's keys");
 }
+
+#[test]
+fn presets_are_inferred_only_when_unambiguous() {
+    // A real-sized preset built lazily would be slow; the structure comes from shapes alone,
+    // so zero tensors of the right shapes stand in for weights.
+    for name in ["meddinov3_vitb16", "vits16plus", "vit_small"] {
+        let cfg = Config::preset(name).expect("preset");
+        let state = StateDict::from_tensors(format!("{name}.safetensors"), zero_state(&cfg));
+        assert_eq!(Config::infer(&state).expect("unambiguous"), cfg, "{name}");
+    }
+    let (_, tiny_state) = model_and_state();
+    let error = Config::infer(&StateDict::from_tensors("tiny.safetensors", tiny_state)).expect_err("no preset").to_string();
+    assert!(error.contains("tiny.safetensors") && error.contains("no preset"), "{error}");
+}
+
+/// Zero tensors of every shape a config's model asks for (recorded through a VarMap).
+fn zero_state(cfg: &Config) -> HashMap<String, Tensor> {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let model = DinoVisionTransformer::new(cfg, vb).expect("build");
+    let mut state: HashMap<String, Tensor> =
+        varmap.data().lock().expect("varmap").iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    state.extend(model.buffers().expect("buffers"));
+    state
+}
