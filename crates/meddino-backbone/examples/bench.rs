@@ -17,7 +17,11 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str, default: &str| -> String {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.to_string())
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or_else(|| default.to_string())
     };
     let arch = flag("--arch", "vit_base");
     let size: usize = flag("--size", "448").parse()?;
@@ -42,7 +46,10 @@ fn main() -> Result<(), Error> {
         // Reading a value back synchronises the device before the clock stops.
         let _ = features.x_prenorm.sum_all()?.to_scalar::<f32>()?;
         let seconds = start.elapsed().as_secs_f64();
-        println!("{arch} {size}x{size} batch {batch} on {device:?}: pass {} {seconds:.3} s", i + 1);
+        println!(
+            "{arch} {size}x{size} batch {batch} on {device:?}: pass {} {seconds:.3} s",
+            i + 1
+        );
         times.push(seconds);
     }
     times.sort_by(f64::total_cmp);

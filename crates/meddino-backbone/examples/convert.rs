@@ -30,7 +30,12 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let values: Vec<&String> = args
         .iter()
         .enumerate()
@@ -49,8 +54,16 @@ fn run() -> Result<(), Error> {
     if let Some(cfg) = &config {
         let _ = DinoVisionTransformer::from_state_dict(cfg, &state, &Device::Cpu)?;
     }
-    let state = if args.iter().any(|a| a == "--backbone-only") { state.backbone() } else { state };
+    let state = if args.iter().any(|a| a == "--backbone-only") {
+        state.backbone()
+    } else {
+        state
+    };
     state.save_safetensors(&PathBuf::from(output))?;
-    println!("{input} ({:?}, {} tensors) -> {output}", state.format(), state.tensors().len());
+    println!(
+        "{input} ({:?}, {} tensors) -> {output}",
+        state.format(),
+        state.tensors().len()
+    );
     Ok(())
 }

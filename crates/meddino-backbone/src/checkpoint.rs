@@ -169,14 +169,20 @@ impl StateDict {
     ///
     /// When the file cannot be written; nothing is left at `path` then.
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let temporary = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
         let result = candle_core::safetensors::save(&self.tensors, &temporary)
             .map_err(|e| e.to_string())
             .and_then(|()| std::fs::rename(&temporary, path).map_err(|e| e.to_string()));
         result.map_err(|message| {
             let _ = std::fs::remove_file(&temporary);
-            Error::Checkpoint { path: path.to_path_buf(), message: format!("cannot write safetensors: {message}") }
+            Error::Checkpoint {
+                path: path.to_path_buf(),
+                message: format!("cannot write safetensors: {message}"),
+            }
         })
     }
 
@@ -363,14 +369,20 @@ impl Structure {
             .map_or(0, |m| m + 1);
         let periods = dims("rope_embed.periods")?;
         let swiglu = t.contains_key("blocks.0.mlp.w1.weight");
-        let hidden = dims(if swiglu { "blocks.0.mlp.w1.weight" } else { "blocks.0.mlp.fc1.weight" })?;
+        let hidden = dims(if swiglu {
+            "blocks.0.mlp.w1.weight"
+        } else {
+            "blocks.0.mlp.fc1.weight"
+        })?;
         Ok(Self {
             embed_dim,
             depth,
             head_dim: 4 * periods.first().copied().unwrap_or(0),
             patch_size,
             in_chans,
-            n_storage_tokens: t.get("storage_tokens").map_or(0, |s| s.dims().get(1).copied().unwrap_or(0)),
+            n_storage_tokens: t
+                .get("storage_tokens")
+                .map_or(0, |s| s.dims().get(1).copied().unwrap_or(0)),
             qkv_bias: t.contains_key("blocks.0.attn.qkv.bias"),
             mask_k_bias: t.contains_key("blocks.0.attn.qkv.bias_mask"),
             swiglu,
@@ -408,7 +420,10 @@ impl Config {
             }),
             _ => Err(Error::Checkpoint {
                 path: state.path().to_path_buf(),
-                message: format!("the architecture fits several presets ({}); choose one", matches.join(", ")),
+                message: format!(
+                    "the architecture fits several presets ({}); choose one",
+                    matches.join(", ")
+                ),
             }),
         }
     }

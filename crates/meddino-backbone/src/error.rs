@@ -39,7 +39,12 @@ pub enum Error {
 /// architecture mismatches almost every key, and the first lines tell the story.
 fn listed(problems: &[String]) -> String {
     const SHOWN: usize = 25;
-    let mut text = problems.iter().take(SHOWN).map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n");
+    let mut text = problems
+        .iter()
+        .take(SHOWN)
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n");
     if problems.len() > SHOWN {
         text.push_str(&format!("\n  ... and {} more", problems.len() - SHOWN));
     }

@@ -107,11 +107,22 @@ fn another_architecture_is_refused() {
         &StateDict::from_tensors("tiny.safetensors", state),
         &Device::Cpu,
     )
-    .expect_err("different width")
-    .to_string();
+    .expect_err("different width");
+    let text = error.to_string();
     assert!(
-        error.contains("wrong shape: cls_token is [1, 1, 32], expected [1, 1, 64]"),
-        "{error}"
+        text.contains("wrong shape: blocks.0.attn.proj.weight is [32, 32], expected [64, 64]"),
+        "{text}"
+    );
+    assert!(text.contains("... and 12 more"), "long lists are cut short: {text}");
+    let meddino_backbone::Error::StateDict { problems, .. } = error else {
+        panic!("not a state-dict error: {text}")
+    };
+    assert_eq!(problems.len(), 37);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p == "wrong shape: cls_token is [1, 1, 32], expected [1, 1, 64]"),
+        "{problems:?}"
     );
 }
 
@@ -162,8 +173,13 @@ fn presets_are_inferred_only_when_unambiguous() {
         assert_eq!(Config::infer(&state).expect("unambiguous"), cfg, "{name}");
     }
     let (_, tiny_state) = model_and_state();
-    let error = Config::infer(&StateDict::from_tensors("tiny.safetensors", tiny_state)).expect_err("no preset").to_string();
-    assert!(error.contains("tiny.safetensors") && error.contains("no preset"), "{error}");
+    let error = Config::infer(&StateDict::from_tensors("tiny.safetensors", tiny_state))
+        .expect_err("no preset")
+        .to_string();
+    assert!(
+        error.contains("tiny.safetensors") && error.contains("no preset"),
+        "{error}"
+    );
 }
 
 /// Zero tensors of every shape a config's model asks for (recorded through a VarMap).
@@ -171,8 +187,13 @@ fn zero_state(cfg: &Config) -> HashMap<String, Tensor> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let model = DinoVisionTransformer::new(cfg, vb).expect("build");
-    let mut state: HashMap<String, Tensor> =
-        varmap.data().lock().expect("varmap").iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    let mut state: HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .expect("varmap")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
     state.extend(model.buffers().expect("buffers"));
     state
 }
