@@ -8,3 +8,6 @@ mod cli;
 
 // `meddino evaluate`: reference numbers through the CSV, malformed inputs.
 mod evaluate;
+
+// `meddino features`: PCA and similarity maps of a backbone's patch features.
+mod features;

@@ -5,6 +5,7 @@
 //! any arguments, and exit with status 1 saying so.
 
 mod evaluate;
+mod features;
 
 use anyhow::bail;
 use clap::{ArgAction, Parser, Subcommand};
@@ -92,13 +93,13 @@ enum Command {
         a case's label is NaN for that case and skipped in the means.")]
     Evaluate(evaluate::EvaluateArgs),
 
-    /// [not implemented yet] Extract DINOv3 patch features from an image and write PCA and
-    /// similarity maps.
-    #[command(long_about = "[not implemented yet] Load a backbone checkpoint, extract patch \
-        features of one image and write a PCA colour map and a patch-similarity map.\n\n\
-        Planned usage: meddino features --checkpoint FILE [--arch PRESET|--config FILE] \
-        --image FILE [--size N] [--point x,y] --out DIR")]
-    Features(Pending),
+    /// Show a backbone's patch features of a CT slice: PCA colours and patch similarity.
+    #[command(long_about = "Load a DINOv3 / MedDINOv3 backbone checkpoint, extract the patch \
+        features of one CT slice (MedDINOv3's demo normalisation: HU clipped to [-1000, 1000], \
+        standardised, repeated to 3 channels, resized to --size) and write DIR/pca.png (the \
+        first three principal components as colours, beside the slice) and, with --point, \
+        DIR/similarity.png (cosine similarity of that pixel's patch to every patch).")]
+    Features(features::FeaturesArgs),
 
     /// [not implemented yet] Run the whole pipeline on a built-in CT phantom data set.
     #[command(long_about = "[not implemented yet] Generate a small CT phantom data set and run \
@@ -139,6 +140,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     tracing::debug!(?command, "dispatching");
     match command {
         Command::Evaluate(args) => evaluate::run(args),
+        Command::Features(args) => features::run(args),
         pending => bail!("`meddino {}` is not implemented yet", pending.name()),
     }
 }
