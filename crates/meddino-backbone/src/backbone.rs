@@ -21,6 +21,7 @@ use crate::vit::{DinoVisionTransformer, IntermediateLayer, IntermediateOptions, 
 ///     fn embed_dim(&self) -> usize { self.0.embed_dim() }
 ///     fn patch_size(&self) -> usize { self.0.patch_size() }
 ///     fn n_blocks(&self) -> usize { self.0.n_blocks() }
+///     fn in_chans(&self) -> usize { self.0.config().in_chans }
 ///     fn intermediate_layers(&self, xs: &Tensor, layers: &LayerSelection, options: &IntermediateOptions)
 ///         -> Result<Vec<IntermediateLayer>> {
 ///         // Never train the encoder, whatever the head asks.
@@ -35,6 +36,8 @@ pub trait Backbone: std::fmt::Debug + Send + Sync {
     fn patch_size(&self) -> usize;
     /// Number of blocks.
     fn n_blocks(&self) -> usize;
+    /// Channels the input image must have.
+    fn in_chans(&self) -> usize;
     /// Outputs of the selected blocks (see [`DinoVisionTransformer::intermediate_layers`]).
     ///
     /// # Errors
@@ -76,6 +79,10 @@ impl Backbone for DinoVisionTransformer {
 
     fn n_blocks(&self) -> usize {
         DinoVisionTransformer::n_blocks(self)
+    }
+
+    fn in_chans(&self) -> usize {
+        self.config().in_chans
     }
 
     fn intermediate_layers(

@@ -193,13 +193,13 @@ impl StateDict {
     /// # Errors
     ///
     /// [`Error::StateDict`] listing every problem, or what `build` returns.
-    pub fn load_strict<T>(
+    pub fn load_strict<T, E: From<Error>>(
         &self,
         what: &str,
         dtype: DType,
         device: &Device,
-        build: impl FnOnce(VarBuilder) -> Result<T>,
-    ) -> Result<T> {
+        build: impl FnOnce(VarBuilder) -> Result<T, E>,
+    ) -> Result<T, E> {
         let records = Arc::new(Mutex::new(Records::default()));
         let backend = StrictBackend {
             tensors: self.tensors.clone(),
@@ -221,7 +221,8 @@ impl StateDict {
                 path: self.path.clone(),
                 what: what.to_string(),
                 problems,
-            });
+            }
+            .into());
         }
         built
     }

@@ -46,4 +46,5 @@ pub use candle_core as candle;
 pub use checkpoint::{CheckpointFormat, StateDict};
 pub use config::{Config, FfnLayer, NormLayer, NormalizeCoords, RopeDtype};
 pub use error::{Error, Result};
+pub use norm::layer_norm;
 pub use vit::{DinoVisionTransformer, Features, IntermediateLayer, IntermediateOptions, LayerSelection};

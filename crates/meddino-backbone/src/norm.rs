@@ -35,31 +35,46 @@ impl Norm {
     }
 }
 
+/// LayerNorm over the last axis, `(x − μ) / sqrt(σ² + eps) · weight + bias` with the
+/// biased variance, from differentiable ops (statistics in f32 for reduced-precision
+/// inputs, as torch computes them).
+///
+/// # Errors
+///
+/// When `weight`/`bias` do not broadcast against the last axis of `xs`.
+pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let dtype = xs.dtype();
+    let xs = at_least_f32(xs)?;
+    let centered = xs.broadcast_sub(&xs.mean_keepdim(D::Minus1)?)?;
+    let variance = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    centered
+        .broadcast_div(&(variance + eps)?.sqrt()?)?
+        .broadcast_mul(weight)?
+        .broadcast_add(bias)?
+        .to_dtype(dtype)
+}
+
+/// Statistics in f32 at least, as torch does for reduced-precision inputs.
+fn at_least_f32(xs: &Tensor) -> candle_core::Result<Tensor> {
+    if xs.dtype() == DType::F64 {
+        Ok(xs.clone())
+    } else {
+        xs.to_dtype(DType::F32)
+    }
+}
+
 impl Module for Norm {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let dtype = xs.dtype();
-        // Statistics in f32 at least, as torch does for reduced-precision inputs.
-        let xs = if dtype == DType::F64 {
-            xs.clone()
-        } else {
-            xs.to_dtype(DType::F32)?
-        };
-        let normed = match self {
-            Norm::LayerNorm { weight, bias, eps } => {
-                let centered = xs.broadcast_sub(&xs.mean_keepdim(D::Minus1)?)?;
-                let variance = centered.sqr()?.mean_keepdim(D::Minus1)?;
-                centered
-                    .broadcast_div(&(variance + *eps)?.sqrt()?)?
-                    .broadcast_mul(weight)?
-                    .broadcast_add(bias)?
-            }
+        match self {
+            Norm::LayerNorm { weight, bias, eps } => layer_norm(xs, weight, bias, *eps),
             Norm::RmsNorm { weight, eps } => {
-                let mean_square = xs.sqr()?.mean_keepdim(D::Minus1)?;
-                xs.broadcast_div(&(mean_square + *eps)?.sqrt()?)?
+                let x = at_least_f32(xs)?;
+                let mean_square = x.sqr()?.mean_keepdim(D::Minus1)?;
+                x.broadcast_div(&(mean_square + *eps)?.sqrt()?)?
                     .broadcast_mul(weight)?
+                    .to_dtype(xs.dtype())
             }
-        };
-        normed.to_dtype(dtype)
+        }
     }
 }
 

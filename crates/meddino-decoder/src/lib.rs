@@ -1,13 +1,24 @@
 //! MedDINOv3's segmentation heads on a DINOv3 backbone, and multi-scale deformable attention.
 //!
-//! - `Primus` (last block) and `Primus_Multiscale` (several blocks, each through the final
-//!   norm, concatenated) with `PatchDecode` upsampling, as in MedDINOv3 and
-//!   dynamic-network-architectures.
-//! - Multi-scale deformable attention as candle custom ops with hand-written CUDA kernels
-//!   (forward and backward); the CUDA sources live in the repository's `kernels/` folder and
-//!   are compiled to PTX by this crate's build script when the `cuda` feature is on (see
-//!   [`kernels`]).
+//! - [`Primus`]: MedDINOv3's `Primus` (last block) and `Primus_Multiscale` (several blocks,
+//!   each through the final norm, concatenated), decoded to full resolution by
+//!   [`PatchDecode`]; generic over [`backbone::Backbone`], implementing
+//!   [`SegmentationNetwork`] for training and prediction.
+//! - [`msda`]: multi-scale deformable attention as a candle custom op with a backward, on
+//!   the CPU and (feature `cuda`) with hand-written CUDA kernels from the repository's
+//!   `kernels/` folder, compiled to PTX by this crate's build script; and the
+//!   `MSDeformAttn` module around it.
 //! - Precise behaviour: `shared/spec/meddinov3-reference.md` §2 and §3.
+//!
+//! ```no_run
+//! use meddino_decoder::{backbone::Config, candle::Device, Interaction, Primus, SegmentationNetwork};
+//!
+//! let device = Device::Cpu;
+//! let interaction = Interaction::Blocks(vec![2, 5, 8, 11]);
+//! let path = "fold_0/checkpoint_final.pth".as_ref();
+//! let network = Primus::load(&Config::meddinov3_vitb16(), 14, &interaction, path, &device)?;
+//! # Ok::<(), meddino_decoder::Error>(())
+//! ```
 //!
 //! # Features
 //!
@@ -17,8 +28,18 @@
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
 
+mod error;
 #[cfg(feature = "cuda")]
 pub mod kernels;
+pub mod msda;
+mod network;
+pub mod patch_decode;
+pub mod primus;
 
 pub use candle_core as candle;
+pub use error::{Error, Result};
 pub use meddino_backbone as backbone;
+pub use msda::{ms_deform_attn, MSDeformAttn};
+pub use network::SegmentationNetwork;
+pub use patch_decode::PatchDecode;
+pub use primus::{Interaction, Primus};
