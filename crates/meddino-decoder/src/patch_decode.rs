@@ -41,7 +41,10 @@ impl Module for LayerNormNd {
 /// He (Kaiming normal) init with leaky-ReLU slope 0.01, as `InitWeights_He(1e-2)`.
 fn he_normal(fan_in: usize) -> Init {
     let gain = (2.0 / (1.0 + 0.01f64 * 0.01)).sqrt();
-    Init::Randn { mean: 0.0, stdev: gain / (fan_in as f64).sqrt() }
+    Init::Randn {
+        mean: 0.0,
+        stdev: gain / (fan_in as f64).sqrt(),
+    }
 }
 
 /// ConvTranspose2d with kernel 2 and stride 2: weight `[in, out, 2, 2]`, bias `[out]`.
@@ -55,7 +58,10 @@ impl UpConv {
     fn new(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
         // torch's fan_in for a transposed conv weight [in, out, k, k] is out·k·k.
         let weight = vb.get_with_hints((c_in, c_out, 2, 2), "weight", he_normal(c_out * 4))?;
-        Ok(Self { weight, bias: vb.get_with_hints(c_out, "bias", Init::Const(0.0))? })
+        Ok(Self {
+            weight,
+            bias: vb.get_with_hints(c_out, "bias", Init::Const(0.0))?,
+        })
     }
 }
 
@@ -66,7 +72,10 @@ impl Module for UpConv {
         // y[b, o, 2i+a, 2j+e] = bias[o] + Σ_c x[b, c, i, j] · W[c, o, a, e]
         let pixels = xs.permute((0, 2, 3, 1))?.reshape((b * h * w, c_in))?;
         let y = pixels.matmul(&self.weight.reshape((c_in, c_out * 4))?)?;
-        let y = y.reshape((b, h, w, c_out, 2, 2))?.permute((0, 3, 1, 4, 2, 5))?.reshape((b, c_out, 2 * h, 2 * w))?;
+        let y = y
+            .reshape((b, h, w, c_out, 2, 2))?
+            .permute((0, 3, 1, 4, 2, 5))?
+            .reshape((b, c_out, 2 * h, 2 * w))?;
         y.broadcast_add(&self.bias.reshape((1, c_out, 1, 1))?)
     }
 }
@@ -82,8 +91,13 @@ impl Module for PointwiseConv {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c_in, h, w) = xs.dims4()?;
         let c_out = self.weight.dim(0)?;
-        let y = xs.permute((0, 2, 3, 1))?.reshape((b * h * w, c_in))?.matmul(&self.weight.reshape((c_out, c_in))?.t()?)?;
-        y.reshape((b, h, w, c_out))?.permute((0, 3, 1, 2))?.broadcast_add(&self.bias.reshape((1, c_out, 1, 1))?)
+        let y = xs
+            .permute((0, 2, 3, 1))?
+            .reshape((b * h * w, c_in))?
+            .matmul(&self.weight.reshape((c_out, c_in))?.t()?)?;
+        y.reshape((b, h, w, c_out))?
+            .permute((0, 3, 1, 2))?
+            .broadcast_add(&self.bias.reshape((1, c_out, 1, 1))?)
     }
 }
 
@@ -102,18 +116,25 @@ impl PatchDecode {
     /// On a patch size that is not a power of two, or missing / mis-shaped weights.
     pub fn new(patch_size: usize, embed_dim: usize, out_channels: usize, vb: VarBuilder) -> Result<Self> {
         if patch_size < 2 || !patch_size.is_power_of_two() {
-            return Err(Error::Config(format!("PatchDecode needs a power-of-two patch size ≥ 2, got {patch_size}")));
+            return Err(Error::Config(format!(
+                "PatchDecode needs a power-of-two patch size ≥ 2, got {patch_size}"
+            )));
         }
         let n = patch_size.trailing_zeros() as usize;
         let channels: Vec<usize> = (0..=n).map(|i| embed_dim >> i).collect();
         if channels[n] == 0 {
-            return Err(Error::Config(format!("embed_dim {embed_dim} cannot be halved {n} times")));
+            return Err(Error::Config(format!(
+                "embed_dim {embed_dim} cannot be halved {n} times"
+            )));
         }
         let decode = vb.pp("decode");
         let stages = (0..n)
             .map(|i| {
                 let stage = decode.pp(i);
-                Ok((UpConv::new(channels[i], channels[i + 1], stage.pp(0))?, LayerNormNd::new(channels[i + 1], stage.pp(1))?))
+                Ok((
+                    UpConv::new(channels[i], channels[i + 1], stage.pp(0))?,
+                    LayerNormNd::new(channels[i + 1], stage.pp(1))?,
+                ))
             })
             .collect::<Result<_>>()?;
         let last = decode.pp(n);
@@ -147,13 +168,20 @@ mod tests {
         let weight = Tensor::randn(0f32, 1.0, (3, 5, 2, 2), &dev).expect("w");
         let bias = Tensor::randn(0f32, 1.0, 5, &dev).expect("b");
         let xs = Tensor::randn(0f32, 1.0, (2, 3, 4, 6), &dev).expect("x");
-        let ours = UpConv { weight: weight.clone(), bias: bias.clone() }.forward(&xs).expect("ours");
+        let ours = UpConv {
+            weight: weight.clone(),
+            bias: bias.clone(),
+        }
+        .forward(&xs)
+        .expect("ours");
         let theirs = xs
             .conv_transpose2d(&weight, 0, 0, 2, 1)
             .and_then(|y| y.broadcast_add(&bias.reshape((1, 5, 1, 1))?))
             .expect("candle");
         assert_eq!(ours.dims(), &[2, 5, 8, 12]);
-        let diff: f32 = (ours - theirs).and_then(|d| d.abs()?.max_all()?.to_scalar()).expect("diff");
+        let diff: f32 = (ours - theirs)
+            .and_then(|d| d.abs()?.max_all()?.to_scalar())
+            .expect("diff");
         assert!(diff < 1e-5, "{diff}");
     }
 
@@ -163,9 +191,16 @@ mod tests {
         let weight = Tensor::randn(0f32, 1.0, (4, 3, 1, 1), &dev).expect("w");
         let bias = Tensor::zeros(4, DType::F32, &dev).expect("b");
         let xs = Tensor::randn(0f32, 1.0, (1, 3, 5, 5), &dev).expect("x");
-        let ours = PointwiseConv { weight: weight.clone(), bias }.forward(&xs).expect("ours");
+        let ours = PointwiseConv {
+            weight: weight.clone(),
+            bias,
+        }
+        .forward(&xs)
+        .expect("ours");
         let theirs = xs.conv2d(&weight, 0, 1, 1, 1).expect("candle");
-        let diff: f32 = (ours - theirs).and_then(|d| d.abs()?.max_all()?.to_scalar()).expect("diff");
+        let diff: f32 = (ours - theirs)
+            .and_then(|d| d.abs()?.max_all()?.to_scalar())
+            .expect("diff");
         assert!(diff < 1e-5, "{diff}");
     }
 }

@@ -69,7 +69,13 @@ impl Primus<DinoVisionTransformer> {
     ///
     /// When the file is not a checkpoint, or any tensor is missing, mis-shaped or
     /// unexpected (each named).
-    pub fn load(cfg: &Config, num_classes: usize, interaction: &Interaction, path: &Path, device: &Device) -> Result<Self> {
+    pub fn load(
+        cfg: &Config,
+        num_classes: usize,
+        interaction: &Interaction,
+        path: &Path,
+        device: &Device,
+    ) -> Result<Self> {
         let state = StateDict::read(path)?;
         let what = match interaction {
             Interaction::LastBlock => "Primus",
@@ -90,13 +96,20 @@ impl<B: Backbone> Primus<B> {
     ///
     /// When an interaction index is not a block of the encoder, the patch size is not a
     /// power of two, or a head weight is missing / mis-shaped.
-    pub fn with_backbone(dino_encoder: B, num_classes: usize, interaction: Interaction, vb: VarBuilder) -> Result<Self> {
+    pub fn with_backbone(
+        dino_encoder: B,
+        num_classes: usize,
+        interaction: Interaction,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let blocks = match &interaction {
             Interaction::LastBlock => 1,
             Interaction::Blocks(indices) => {
                 let n = dino_encoder.n_blocks();
                 if indices.is_empty() || indices.iter().any(|&i| i >= n) {
-                    return Err(Error::Config(format!("interaction indices {indices:?} must name blocks of the {n}-block encoder")));
+                    return Err(Error::Config(format!(
+                        "interaction indices {indices:?} must name blocks of the {n}-block encoder"
+                    )));
                 }
                 indices.len()
             }
@@ -104,8 +117,18 @@ impl<B: Backbone> Primus<B> {
         if num_classes == 0 {
             return Err(Error::Config("num_classes must be at least 1".into()));
         }
-        let up_projection = PatchDecode::new(dino_encoder.patch_size(), dino_encoder.embed_dim() * blocks, num_classes, vb)?;
-        Ok(Self { dino_encoder, up_projection, interaction, num_classes })
+        let up_projection = PatchDecode::new(
+            dino_encoder.patch_size(),
+            dino_encoder.embed_dim() * blocks,
+            num_classes,
+            vb,
+        )?;
+        Ok(Self {
+            dino_encoder,
+            up_projection,
+            interaction,
+            num_classes,
+        })
     }
 
     /// The encoder.
@@ -121,9 +144,14 @@ impl<B: Backbone> Primus<B> {
 
 impl<B: Backbone> SegmentationNetwork for Primus<B> {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let (_, c, _, _) = xs.dims4().map_err(|_| Error::Input(format!("expected a B×1×H×W batch, got shape {:?}", xs.dims())))?;
+        let (_, c, _, _) = xs
+            .dims4()
+            .map_err(|_| Error::Input(format!("expected a B×1×H×W batch, got shape {:?}", xs.dims())))?;
         if c != 1 {
-            return Err(Error::Input(format!("Primus takes one input channel, got shape {:?}", xs.dims())));
+            return Err(Error::Input(format!(
+                "Primus takes one input channel, got shape {:?}",
+                xs.dims()
+            )));
         }
         let rgb = xs.repeat((1, self.dino_encoder.in_chans(), 1, 1))?;
         let selection = match &self.interaction {
@@ -133,7 +161,11 @@ impl<B: Backbone> SegmentationNetwork for Primus<B> {
         let options = IntermediateOptions::new().with_reshape(true).with_train(train);
         let layers = self.dino_encoder.intermediate_layers(&rgb, &selection, &options)?;
         let patches: Vec<&Tensor> = layers.iter().map(|l| &l.patches).collect();
-        let features = if patches.len() == 1 { patches[0].clone() } else { Tensor::cat(&patches, 1)? };
+        let features = if patches.len() == 1 {
+            patches[0].clone()
+        } else {
+            Tensor::cat(&patches, 1)?
+        };
         Ok(self.up_projection.forward(&features)?)
     }
 

@@ -55,7 +55,12 @@ fn sample(loc_x: f64, loc_y: f64, h: usize, w: usize, start: usize) -> Option<Sa
             .then(|| (start + cy as usize * w + cx as usize, weight))
     };
     Some(Sample {
-        corners: [corner(0.0, 0.0, hy * hx), corner(0.0, 1.0, hy * lx), corner(1.0, 0.0, ly * hx), corner(1.0, 1.0, ly * lx)],
+        corners: [
+            corner(0.0, 0.0, hy * hx),
+            corner(0.0, 1.0, hy * lx),
+            corner(1.0, 0.0, ly * hx),
+            corner(1.0, 1.0, ly * lx),
+        ],
         lx,
         ly,
     })
@@ -74,7 +79,13 @@ pub(crate) fn forward<T: Element>(g: &Geometry, value: &[T], locations: &[T], we
                 for point in 0..p {
                     let s = ((nq * m + head) * l + level) * p + point;
                     let a = weights[s].to_f64();
-                    let Some(smp) = sample(locations[2 * s].to_f64(), locations[2 * s + 1].to_f64(), h, w, g.starts[level]) else {
+                    let Some(smp) = sample(
+                        locations[2 * s].to_f64(),
+                        locations[2 * s + 1].to_f64(),
+                        h,
+                        w,
+                        g.starts[level],
+                    ) else {
                         continue;
                     };
                     for (row_index, weight) in smp.corners.into_iter().flatten() {
@@ -120,19 +131,33 @@ pub(crate) fn backward<T: Element>(
                         let local = (head * l + level) * p + point;
                         let s = nq * samples_per_query + local;
                         let a = weights[s].to_f64();
-                        let Some(smp) = sample(locations[2 * s].to_f64(), locations[2 * s + 1].to_f64(), h, w, g.starts[level])
-                        else {
+                        let Some(smp) = sample(
+                            locations[2 * s].to_f64(),
+                            locations[2 * s + 1].to_f64(),
+                            h,
+                            w,
+                            g.starts[level],
+                        ) else {
                             continue;
                         };
                         // Corner values dotted with the upstream gradient (0 outside the map).
                         let dot = |corner: Option<(usize, f64)>| -> f64 {
                             corner.map_or(0.0, |(row_index, _)| {
                                 let base = ((n * g.spatial + row_index) * m + head) * d;
-                                g_out.iter().enumerate().map(|(c, go)| go.to_f64() * value[base + c].to_f64()).sum()
+                                g_out
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(c, go)| go.to_f64() * value[base + c].to_f64())
+                                    .sum()
                             })
                         };
                         let [v1, v2, v3, v4] = smp.corners.map(dot);
-                        let sampled: f64 = smp.corners.iter().zip([v1, v2, v3, v4]).map(|(c, v)| c.map_or(0.0, |(_, wt)| wt * v)).sum();
+                        let sampled: f64 = smp
+                            .corners
+                            .iter()
+                            .zip([v1, v2, v3, v4])
+                            .map(|(c, v)| c.map_or(0.0, |(_, wt)| wt * v))
+                            .sum();
                         let (lx, ly) = (smp.lx, smp.ly);
                         let d_x = (1.0 - ly) * (v2 - v1) + ly * (v4 - v3);
                         let d_y = (1.0 - lx) * (v3 - v1) + lx * (v4 - v2);
@@ -145,31 +170,39 @@ pub(crate) fn backward<T: Element>(
         });
     // Value gradient: each batch item owns its block of rows.
     let mut grad_value = vec![T::from_f64(0.0); value.len()];
-    grad_value.par_chunks_mut(g.spatial * m * d).enumerate().for_each(|(n, g_value)| {
-        let mut acc = vec![0.0f64; g.spatial * m * d];
-        for q in 0..g.queries {
-            let nq = n * g.queries + q;
-            for head in 0..m {
-                let g_out = &grad[(nq * m + head) * d..(nq * m + head + 1) * d];
-                for (level, &(h, w)) in g.shapes.iter().enumerate() {
-                    for point in 0..p {
-                        let s = nq * samples_per_query + (head * l + level) * p + point;
-                        let a = weights[s].to_f64();
-                        let Some(smp) = sample(locations[2 * s].to_f64(), locations[2 * s + 1].to_f64(), h, w, g.starts[level])
-                        else {
-                            continue;
-                        };
-                        for (row_index, weight) in smp.corners.into_iter().flatten() {
-                            let base = (row_index * m + head) * d;
-                            for (c, go) in g_out.iter().enumerate() {
-                                acc[base + c] += weight * a * go.to_f64();
+    grad_value
+        .par_chunks_mut(g.spatial * m * d)
+        .enumerate()
+        .for_each(|(n, g_value)| {
+            let mut acc = vec![0.0f64; g.spatial * m * d];
+            for q in 0..g.queries {
+                let nq = n * g.queries + q;
+                for head in 0..m {
+                    let g_out = &grad[(nq * m + head) * d..(nq * m + head + 1) * d];
+                    for (level, &(h, w)) in g.shapes.iter().enumerate() {
+                        for point in 0..p {
+                            let s = nq * samples_per_query + (head * l + level) * p + point;
+                            let a = weights[s].to_f64();
+                            let Some(smp) = sample(
+                                locations[2 * s].to_f64(),
+                                locations[2 * s + 1].to_f64(),
+                                h,
+                                w,
+                                g.starts[level],
+                            ) else {
+                                continue;
+                            };
+                            for (row_index, weight) in smp.corners.into_iter().flatten() {
+                                let base = (row_index * m + head) * d;
+                                for (c, go) in g_out.iter().enumerate() {
+                                    acc[base + c] += weight * a * go.to_f64();
+                                }
                             }
                         }
                     }
                 }
             }
-        }
-        g_value.iter_mut().zip(acc).for_each(|(out, v)| *out = T::from_f64(v));
-    });
+            g_value.iter_mut().zip(acc).for_each(|(out, v)| *out = T::from_f64(v));
+        });
     (grad_value, grad_locations, grad_weights)
 }

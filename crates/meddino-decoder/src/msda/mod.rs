@@ -21,7 +21,7 @@ mod module;
 pub use module::MSDeformAttn;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
 
 use crate::error::{Error, Result};
 
@@ -61,7 +61,10 @@ impl Geometry {
         };
         let levels = spatial_shapes.len();
         let &[n2, queries, m2, l2, points, two] = locations.dims() else {
-            return fail(format!("sampling locations must be [N, Lq, M, L, P, 2], got {:?}", locations.dims()));
+            return fail(format!(
+                "sampling locations must be [N, Lq, M, L, P, 2], got {:?}",
+                locations.dims()
+            ));
         };
         if (n2, m2, l2, two) != (batch, heads, levels, 2) {
             return fail(format!(
@@ -99,7 +102,16 @@ impl Geometry {
         if !locations.device().same_device(value.device()) || !weights.device().same_device(value.device()) {
             return fail("value, locations and weights must be on one device".into());
         }
-        Ok(Self { batch, spatial, heads, channels, queries, points, shapes: spatial_shapes.to_vec(), starts })
+        Ok(Self {
+            batch,
+            spatial,
+            heads,
+            channels,
+            queries,
+            points,
+            shapes: spatial_shapes.to_vec(),
+            starts,
+        })
     }
 }
 
@@ -118,9 +130,17 @@ pub fn ms_deform_attn(
     sampling_locations: &Tensor,
     attention_weights: &Tensor,
 ) -> Result<Tensor> {
-    let geometry = Geometry::of(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)?;
+    let geometry = Geometry::of(
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+    )?;
     let op = MsDeformAttnOp { geometry };
-    Ok(value.contiguous()?.apply_op3(&sampling_locations.contiguous()?, &attention_weights.contiguous()?, op)?)
+    Ok(value
+        .contiguous()?
+        .apply_op3(&sampling_locations.contiguous()?, &attention_weights.contiguous()?, op)?)
 }
 
 /// The op recorded in the graph; its geometry travels with it to the backward pass.
@@ -154,12 +174,18 @@ impl CustomOp3 for MsDeformAttnOp {
         let g = &self.geometry;
         let shape = Shape::from((g.batch, g.queries, g.heads * g.channels));
         let out = match (value, locations, weights) {
-            (CpuStorage::F32(v), CpuStorage::F32(s), CpuStorage::F32(a)) => {
-                CpuStorage::F32(cpu::forward(g, contiguous(v, l1)?, contiguous(s, l2)?, contiguous(a, l3)?))
-            }
-            (CpuStorage::F64(v), CpuStorage::F64(s), CpuStorage::F64(a)) => {
-                CpuStorage::F64(cpu::forward(g, contiguous(v, l1)?, contiguous(s, l2)?, contiguous(a, l3)?))
-            }
+            (CpuStorage::F32(v), CpuStorage::F32(s), CpuStorage::F32(a)) => CpuStorage::F32(cpu::forward(
+                g,
+                contiguous(v, l1)?,
+                contiguous(s, l2)?,
+                contiguous(a, l3)?,
+            )),
+            (CpuStorage::F64(v), CpuStorage::F64(s), CpuStorage::F64(a)) => CpuStorage::F64(cpu::forward(
+                g,
+                contiguous(v, l1)?,
+                contiguous(s, l2)?,
+                contiguous(a, l3)?,
+            )),
             _ => candle_core::bail!("ms_deform_attn on the CPU takes f32 or f64 (got {:?})", value.dtype()),
         };
         Ok((out, shape))
@@ -186,46 +212,105 @@ impl CustomOp3 for MsDeformAttnOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let (gv, gl, gw) = if value.device().is_cpu() {
-            cpu_backward(&self.geometry, value, locations, weights, &grad)?
-        } else {
-            #[cfg(feature = "cuda")]
-            {
-                cuda::backward(&self.geometry, value, locations, weights, &grad)?
-            }
-            #[cfg(not(feature = "cuda"))]
-            candle_core::bail!("ms_deform_attn backward on {:?} needs the `cuda` feature", value.device())
+        let op = MsDeformAttnBackward {
+            geometry: self.geometry.clone(),
+            grad: grad.contiguous()?,
         };
-        Ok((Some(gv), Some(gl), Some(gw)))
+        // One flat buffer [value | locations | weights], in f32 or f64.
+        let flat = value.apply_op3_no_bwd(locations, weights, &op)?;
+        let mut offset = 0;
+        let mut part = |like: &Tensor| -> candle_core::Result<Tensor> {
+            let n = like.elem_count();
+            let out = flat
+                .narrow(0, offset, n)?
+                .reshape(like.shape())?
+                .to_dtype(like.dtype())?;
+            offset += n;
+            Ok(out)
+        };
+        Ok((Some(part(value)?), Some(part(locations)?), Some(part(weights)?)))
     }
 }
 
-/// The CPU backward on copies of the (small) inputs, in their dtype.
-fn cpu_backward(
-    g: &Geometry,
-    value: &Tensor,
-    locations: &Tensor,
-    weights: &Tensor,
-    grad: &Tensor,
-) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-    fn run<T: cpu::Element + candle_core::WithDType>(
-        g: &Geometry,
-        tensors: [&Tensor; 4],
-    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-        let [v, l, w, gr] = tensors.map(|t| t.flatten_all().and_then(|t| t.to_vec1::<T>()));
-        let (gv, gl, gw) = cpu::backward(g, &v?, &l?, &w?, &gr?);
-        let device = tensors[0].device();
-        Ok((
-            Tensor::from_vec(gv, tensors[0].shape(), device)?,
-            Tensor::from_vec(gl, tensors[1].shape(), device)?,
-            Tensor::from_vec(gw, tensors[2].shape(), device)?,
-        ))
+/// The backward pass as an op of its own (value, locations, weights, with the upstream
+/// gradient carried in the op), so CPU and CUDA share one path: it returns one flat
+/// buffer holding the three gradients.
+#[derive(Debug, Clone)]
+struct MsDeformAttnBackward {
+    geometry: Geometry,
+    grad: Tensor,
+}
+
+impl CustomOp3 for MsDeformAttnBackward {
+    fn name(&self) -> &'static str {
+        "ms_deform_attn_backward"
     }
-    let tensors = [value, locations, weights, grad];
-    match value.dtype() {
-        DType::F32 => run::<f32>(g, tensors),
-        DType::F64 => run::<f64>(g, tensors),
-        other => candle_core::bail!("ms_deform_attn on the CPU takes f32 or f64 (got {other:?})"),
+
+    fn cpu_fwd(
+        &self,
+        value: &CpuStorage,
+        l1: &Layout,
+        locations: &CpuStorage,
+        l2: &Layout,
+        weights: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (grad, lg) = self.grad.storage_and_layout();
+        let Storage::Cpu(grad) = &*grad else {
+            candle_core::bail!("ms_deform_attn backward: gradient not on the CPU")
+        };
+        fn concat<T: Clone>((a, b, c): (Vec<T>, Vec<T>, Vec<T>)) -> Vec<T> {
+            let mut all = a;
+            all.extend(b);
+            all.extend(c);
+            all
+        }
+        let g = &self.geometry;
+        let flat = match (value, locations, weights, grad) {
+            (CpuStorage::F32(v), CpuStorage::F32(s), CpuStorage::F32(a), CpuStorage::F32(d)) => {
+                CpuStorage::F32(concat(cpu::backward(
+                    g,
+                    contiguous(v, l1)?,
+                    contiguous(s, l2)?,
+                    contiguous(a, l3)?,
+                    contiguous(d, lg)?,
+                )))
+            }
+            (CpuStorage::F64(v), CpuStorage::F64(s), CpuStorage::F64(a), CpuStorage::F64(d)) => {
+                CpuStorage::F64(concat(cpu::backward(
+                    g,
+                    contiguous(v, l1)?,
+                    contiguous(s, l2)?,
+                    contiguous(a, l3)?,
+                    contiguous(d, lg)?,
+                )))
+            }
+            _ => candle_core::bail!("ms_deform_attn on the CPU takes f32 or f64 (got {:?})", value.dtype()),
+        };
+        let len = flat
+            .as_slice::<f32>()
+            .map(|s| s.len())
+            .or_else(|_| flat.as_slice::<f64>().map(|s| s.len()))?;
+        Ok((flat, Shape::from(len)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        value: &candle_core::CudaStorage,
+        l1: &Layout,
+        locations: &candle_core::CudaStorage,
+        l2: &Layout,
+        weights: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (grad, lg) = self.grad.storage_and_layout();
+        let Storage::Cuda(grad) = &*grad else {
+            candle_core::bail!("ms_deform_attn backward: gradient not on the GPU")
+        };
+        cuda::backward(
+            &self.geometry,
+            [(value, l1), (locations, l2), (weights, l3), (grad, lg)],
+        )
     }
 }

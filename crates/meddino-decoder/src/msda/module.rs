@@ -27,7 +27,10 @@ fn xavier(fan_in: usize, fan_out: usize) -> Init {
 
 fn linear(in_dim: usize, out_dim: usize, init: Init, vb: VarBuilder) -> Result<Linear> {
     let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
-    Ok(Linear::new(weight, Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?)))
+    Ok(Linear::new(
+        weight,
+        Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?),
+    ))
 }
 
 impl MSDeformAttn {
@@ -41,7 +44,14 @@ impl MSDeformAttn {
     ///
     /// When the value width is not divisible by the heads, or a weight is missing or
     /// mis-shaped.
-    pub fn new(d_model: usize, n_levels: usize, n_heads: usize, n_points: usize, ratio: f64, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        d_model: usize,
+        n_levels: usize,
+        n_heads: usize,
+        n_points: usize,
+        ratio: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let value_dim = (d_model as f64 * ratio) as usize;
         if n_heads == 0 || value_dim == 0 || value_dim % n_heads != 0 || n_levels == 0 || n_points == 0 {
             return Err(Error::Config(format!(
@@ -81,12 +91,20 @@ impl MSDeformAttn {
         let (_, s, _) = input_flatten.dims3()?;
         let (m, l, p) = (self.n_heads, self.n_levels, self.n_points);
         if spatial_shapes.len() != l {
-            return Err(Error::Input(format!("MSDeformAttn has {l} levels, got spatial shapes {spatial_shapes:?}")));
+            return Err(Error::Input(format!(
+                "MSDeformAttn has {l} levels, got spatial shapes {spatial_shapes:?}"
+            )));
         }
-        let value = self.value_proj.forward(input_flatten)?.reshape((n, s, m, self.value_dim / m))?;
+        let value = self
+            .value_proj
+            .forward(input_flatten)?
+            .reshape((n, s, m, self.value_dim / m))?;
         let offsets = self.sampling_offsets.forward(query)?.reshape((n, lq, m, l, p, 2))?;
-        let weights = candle_nn::ops::softmax(&self.attention_weights.forward(query)?.reshape((n, lq, m, l * p))?, D::Minus1)?
-            .reshape((n, lq, m, l, p))?;
+        let weights = candle_nn::ops::softmax(
+            &self.attention_weights.forward(query)?.reshape((n, lq, m, l * p))?,
+            D::Minus1,
+        )?
+        .reshape((n, lq, m, l, p))?;
         let device = query.device();
         let dtype = query.dtype();
         let reference = reference_points.to_dtype(dtype)?;
@@ -95,7 +113,9 @@ impl MSDeformAttn {
                 // Offsets are in pixels of each level: divide by (W_l, H_l).
                 let normalizer: Vec<f64> = spatial_shapes.iter().flat_map(|&(h, w)| [w as f64, h as f64]).collect();
                 let normalizer = Tensor::from_vec(normalizer, (1, 1, 1, l, 1, 2), device)?.to_dtype(dtype)?;
-                reference.reshape((n, lq, 1, l, 1, 2))?.broadcast_add(&offsets.broadcast_div(&normalizer)?)?
+                reference
+                    .reshape((n, lq, 1, l, 1, 2))?
+                    .broadcast_add(&offsets.broadcast_div(&normalizer)?)?
             }
             [_, _, levels, 4] if *levels == l => {
                 let centre = reference.narrow(D::Minus1, 0, 2)?.reshape((n, lq, 1, l, 1, 2))?;
