@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Builds, on the CPU machine, everything scripts/gpu-check.sh needs on a GPU machine, into
+# gpu/ (git-ignored; carry it with the device tool's `carry: ["gpu"]`):
+#   gpu/gpu_check.xz   the decoder's gpu_check example built with `--features cuda`, linked
+#                      against stand-in CUDA libraries (the GPU machine has the real ones)
+#   gpu/reference/     the few reference files it reads (the whole folder exceeds 64 MiB)
+# usage: scripts/build-gpu-check.sh   (from the repository root, ../shared beside it)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+reference=${MEDDINO_REFERENCE_DIR:-../shared/reference}
+eval "$(bash ../shared/tools/install-nvcc.sh)"
+export CUDA_COMPUTE_CAP=90
+cargo fetch --quiet
+bash ../shared/tools/make-cuda-stubs.sh >/dev/null
+# The same target folder as CI's CUDA check, so candle-kernels is not rebuilt.
+export CARGO_TARGET_DIR=${MEDDINO_CACHE_DIR:-$HOME/.cache/meddino}/target-cuda
+cargo build --features cuda -p meddino-decoder --example gpu_check
+mkdir -p gpu/reference/models
+xz -T2 -6 -c "$CARGO_TARGET_DIR/debug/examples/gpu_check" > gpu/gpu_check.xz
+for file in manifest.json ms_deform_attn_core.safetensors primus_multiscale.io.safetensors \
+            primus_multiscale.weights.safetensors; do
+  cp "$reference/models/$file" gpu/reference/models/
+done
+du -sh gpu
