@@ -36,14 +36,25 @@ fn rel_err(ours: &Tensor, expected: &meddino_testutil::ndarray::ArrayD<f64>) -> 
 fn tensor(file: &TensorFile, name: &str, dtype: DType, device: &Device) -> Result<Tensor, Error> {
     let array = file.get(name);
     let values: Vec<f64> = array.iter().copied().collect();
-    Ok(Tensor::from_vec(values, array.shape(), &Device::Cpu)?.to_dtype(dtype)?.to_device(device)?)
+    Ok(Tensor::from_vec(values, array.shape(), &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(device)?)
 }
 
 /// Forward and the three gradients of the reference case at `dtype` on `device`.
-fn core_checks(reference: &Path, dtype: DType, limits: [f64; 4], device: &Device, rows: &mut Vec<Row>) -> Result<(), Error> {
+fn core_checks(
+    reference: &Path,
+    dtype: DType,
+    limits: [f64; 4],
+    device: &Device,
+    rows: &mut Vec<Row>,
+) -> Result<(), Error> {
     let data = TensorFile::read_safetensors(&reference.join("models/ms_deform_attn_core.safetensors"));
-    let shapes: Vec<(usize, usize)> =
-        data.get("spatial_shapes").outer_iter().map(|r| (r[0] as usize, r[1] as usize)).collect();
+    let shapes: Vec<(usize, usize)> = data
+        .get("spatial_shapes")
+        .outer_iter()
+        .map(|r| (r[0] as usize, r[1] as usize))
+        .collect();
     let starts: Vec<usize> = data.get("level_start_index").iter().map(|&v| v as usize).collect();
     let var = |name: &str| -> Result<Var, Error> { Ok(Var::from_tensor(&tensor(&data, name, dtype, device)?)?) };
     let (value, locations, weights) = (var("value")?, var("sampling_locations")?, var("attention_weights")?);
@@ -53,23 +64,39 @@ fn core_checks(reference: &Path, dtype: DType, limits: [f64; 4], device: &Device
     let results = [
         ("output", Some(out.clone()), "output"),
         ("grad value", grads.get(value.as_tensor()).cloned(), "grad_value"),
-        ("grad locations", grads.get(locations.as_tensor()).cloned(), "grad_sampling_locations"),
-        ("grad weights", grads.get(weights.as_tensor()).cloned(), "grad_attention_weights"),
+        (
+            "grad locations",
+            grads.get(locations.as_tensor()).cloned(),
+            "grad_sampling_locations",
+        ),
+        (
+            "grad weights",
+            grads.get(weights.as_tensor()).cloned(),
+            "grad_attention_weights",
+        ),
     ];
     for ((what, ours, key), limit) in results.into_iter().zip(limits) {
         let err = match ours {
             Some(t) => rel_err(&t, data.get(key))?,
             None => f64::INFINITY,
         };
-        rows.push(Row { check: format!("msda {dtype:?} {what} vs f64 reference"), value: format!("{err:.2e}"), limit: format!("{limit:.0e}"), ok: err <= limit });
+        rows.push(Row {
+            check: format!("msda {dtype:?} {what} vs f64 reference"),
+            value: format!("{err:.2e}"),
+            limit: format!("{limit:.0e}"),
+            ok: err <= limit,
+        });
     }
     Ok(())
 }
 
 fn primus_check(reference: &Path, device: &Device, rows: &mut Vec<Row>) -> Result<(), Error> {
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(reference.join("models/manifest.json"))?)?;
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(reference.join("models/manifest.json"))?)?;
     let entry = &manifest["decoders"]["primus_multiscale"];
-    let backbone = entry["backbone"].as_str().ok_or("manifest: decoders.primus_multiscale.backbone")?;
+    let backbone = entry["backbone"]
+        .as_str()
+        .ok_or("manifest: decoders.primus_multiscale.backbone")?;
     let cfg: Config = serde_json::from_value(manifest["backbones"][backbone]["config"].clone())?;
     let classes = entry["num_classes"].as_u64().ok_or("manifest: num_classes")? as usize;
     let indices: Vec<usize> = serde_json::from_value(entry["interaction_indices"].clone())?;
@@ -81,9 +108,19 @@ fn primus_check(reference: &Path, device: &Device, rows: &mut Vec<Row>) -> Resul
     let gpu = Primus::load(&cfg, classes, &interaction, &weights, device)?.forward(&input.to_device(device)?)?;
     let err = rel_err(&gpu, &tensor_to_array(&cpu))?;
     // bf16 RoPE: a q/k value on a rounding boundary may round differently under cuBLAS.
-    rows.push(Row { check: "Primus_Multiscale logits, GPU vs CPU".into(), value: format!("{err:.2e}"), limit: "1e-3".into(), ok: err <= 1e-3 });
+    rows.push(Row {
+        check: "Primus_Multiscale logits, GPU vs CPU".into(),
+        value: format!("{err:.2e}"),
+        limit: "1e-3".into(),
+        ok: err <= 1e-3,
+    });
     let err = rel_err(&gpu, io.get("logits"))?;
-    rows.push(Row { check: "Primus_Multiscale logits, GPU vs reference".into(), value: format!("{err:.2e}"), limit: "1e-3".into(), ok: err <= 1e-3 });
+    rows.push(Row {
+        check: "Primus_Multiscale logits, GPU vs reference".into(),
+        value: format!("{err:.2e}"),
+        limit: "1e-3".into(),
+        ok: err <= 1e-3,
+    });
     Ok(())
 }
 
@@ -96,7 +133,8 @@ fn timing(device: &Device, rows: &mut Vec<Row>) -> Result<(), Error> {
     let value = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, 32 * 32, heads, channels), device)?)?;
     let locations = Var::from_tensor(&Tensor::rand(0f32, 1.0, (n, queries, heads, 1, points, 2), device)?)?;
     let logits = Tensor::randn(0f32, 1.0, (n, queries, heads, points), device)?;
-    let weights = Var::from_tensor(&candle_nn::ops::softmax_last_dim(&logits)?.reshape((n, queries, heads, 1, points))?)?;
+    let weights =
+        Var::from_tensor(&candle_nn::ops::softmax_last_dim(&logits)?.reshape((n, queries, heads, 1, points))?)?;
     let upstream = Tensor::randn(0f32, 1.0, (n, queries, heads * channels), device)?;
     let step = || -> Result<(), Error> {
         let out = ms_deform_attn(&value, &shapes, &[0], &locations, &weights)?;
@@ -117,7 +155,12 @@ fn timing(device: &Device, rows: &mut Vec<Row>) -> Result<(), Error> {
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     println!("msda_fwd_bwd_ms={median:.3}");
-    rows.push(Row { check: format!("msda f32 fwd+bwd, Lq {queries}, 16×24, 4 points (median of 20)"), value: format!("{median:.3} ms"), limit: "-".into(), ok: true });
+    rows.push(Row {
+        check: format!("msda f32 fwd+bwd, Lq {queries}, 16×24, 4 points (median of 20)"),
+        value: format!("{median:.3} ms"),
+        limit: "-".into(),
+        ok: true,
+    });
     Ok(())
 }
 
@@ -134,11 +177,26 @@ fn main() -> ExitCode {
         timing(&device, &mut rows)
     })();
     if let Err(e) = &result {
-        rows.push(Row { check: "run".into(), value: format!("error: {e}"), limit: "-".into(), ok: false });
+        rows.push(Row {
+            check: "run".into(),
+            value: format!("error: {e}"),
+            limit: "-".into(),
+            ok: false,
+        });
     }
     println!("\n{:<62} {:>14} {:>8}  ok", "check", "value", "limit");
     for row in &rows {
-        println!("{:<62} {:>14} {:>8}  {}", row.check, row.value, row.limit, if row.ok { "yes" } else { "NO" });
+        println!(
+            "{:<62} {:>14} {:>8}  {}",
+            row.check,
+            row.value,
+            row.limit,
+            if row.ok { "yes" } else { "NO" }
+        );
     }
-    if rows.iter().all(|r| r.ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if rows.iter().all(|r| r.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -1,7 +1,9 @@
 //! Launching the CUDA kernels of `kernels/ms_deform_attn.cu` on candle's CUDA device.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{builder_arg, CudaDevice, CudaStorage, DType, Layout, Shape};
 
@@ -51,6 +53,19 @@ fn check_sizes(g: &Geometry) -> candle_core::Result<()> {
     Ok(())
 }
 
+/// Device views of contiguous inputs, each starting at its layout's offset.
+fn contiguous_views<'a, T: CudaDType>(
+    inputs: &[(&'a CudaStorage, &Layout)],
+) -> candle_core::Result<Vec<CudaView<'a, T>>> {
+    inputs
+        .iter()
+        .map(|(storage, layout)| match layout.contiguous_offsets() {
+            Some((a, b)) => Ok(storage.as_cuda_slice::<T>()?.slice(a..b)),
+            None => candle_core::bail!("ms_deform_attn: inputs must be contiguous"),
+        })
+        .collect()
+}
+
 /// Forward: `[N, Lq, M·D]` in the input dtype.
 pub(crate) fn forward(
     g: &Geometry,
@@ -64,13 +79,7 @@ pub(crate) fn forward(
         name: &str,
     ) -> candle_core::Result<CudaStorage> {
         let device = inputs[0].0.device().clone();
-        let views = inputs
-            .iter()
-            .map(|(s, l)| match l.contiguous_offsets() {
-                Some((a, b)) => Ok(s.as_cuda_slice::<T>()?.slice(a..b)),
-                None => candle_core::bail!("ms_deform_attn: inputs must be contiguous"),
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let views = contiguous_views::<T>(&inputs)?;
         let meta = meta(&device, g)?;
         let total = g.batch * g.queries * g.heads * g.channels;
         let out = device.alloc_zeros::<T>(total)?;
@@ -112,13 +121,7 @@ pub(crate) fn backward(
         name: &str,
     ) -> candle_core::Result<(CudaStorage, usize)> {
         let device = inputs[0].0.device().clone();
-        let views = inputs
-            .iter()
-            .map(|(s, l)| match l.contiguous_offsets() {
-                Some((a, b)) => Ok(s.as_cuda_slice::<T>()?.slice(a..b)),
-                None => candle_core::bail!("ms_deform_attn: inputs must be contiguous"),
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let views = contiguous_views::<T>(&inputs)?;
         let samples = g.batch * g.queries * g.heads * g.levels() * g.points;
         let value_len = g.batch * g.spatial * g.heads * g.channels;
         let (loc_offset, attn_offset) = (value_len, value_len + 2 * samples);
