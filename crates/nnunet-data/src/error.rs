@@ -58,6 +58,9 @@ pub enum Error {
         /// What is wrong, naming the key.
         message: String,
     },
+    /// Cross-validation folds that cannot be made.
+    #[error("{0}")]
+    Split(String),
 }
 
 /// `Result` with this crate's [`Error`].

@@ -5,8 +5,8 @@
 //! Volumes are `ndarray` arrays in nnU-Net's (C, Z, Y, X) order, C-contiguous; NIfTI's
 //! (x, y, z) order appears only at the I/O boundary. This crate knows nothing of candle.
 //!
-//! Landed so far: [`dataset`] (`dataset.json`) and [`io::nifti`] (reading images and label
-//! maps with their spacing). Precise behaviour: `shared/spec/nnunet-reference.md` §1–5.
+//! Landed so far: [`dataset`] (`dataset.json`), [`io::nifti`] (reading images and label
+//! maps with their spacing), [`split`] (`splits_final.json`, bit-exact folds). Precise behaviour: `shared/spec/nnunet-reference.md` §1–5.
 
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
@@ -14,7 +14,9 @@
 pub mod dataset;
 mod error;
 pub mod io;
+pub mod split;
 
 pub use dataset::{DatasetJson, LabelEntry, LabelValue};
 pub use error::{Error, Result};
 pub use ndarray;
+pub use split::{crossval_split, Fold};
