@@ -14,7 +14,9 @@ cargo fetch --quiet
 bash ../shared/tools/make-cuda-stubs.sh >/dev/null
 # The same target folder as CI's CUDA check, so candle-kernels is not rebuilt.
 export CARGO_TARGET_DIR=${MEDDINO_CACHE_DIR:-$HOME/.cache/meddino}/target-cuda
-cargo build --features cuda -p meddino-decoder --example gpu_check
+# `--workspace` resolves features as CI's check does; `-p` alone would change them and
+# rebuild candle-kernels (~20 minutes).
+cargo build --workspace --features cuda --example gpu_check
 mkdir -p gpu/reference/models
 xz -T2 -6 -c "$CARGO_TARGET_DIR/debug/examples/gpu_check" > gpu/gpu_check.xz
 for file in manifest.json ms_deform_attn_core.safetensors primus_multiscale.io.safetensors \
