@@ -12,6 +12,12 @@ eval "$(bash ../shared/tools/install-nvcc.sh)"
 export CUDA_COMPUTE_CAP=90
 cargo fetch --quiet
 bash ../shared/tools/make-cuda-stubs.sh >/dev/null
+# cudarc's build script adds lib/stubs to the link path only if that folder existed when it
+# last ran (CI's check may have run it before); lib/ is always on the path, so link the
+# stand-ins there too. Their sonames name the real libraries the GPU machine loads.
+for stub in "$CUDA_ROOT"/lib/stubs/lib*.so; do
+  ln -sf "$stub" "$CUDA_ROOT/lib/"
+done
 # The same target folder as CI's CUDA check, so candle-kernels is not rebuilt.
 export CARGO_TARGET_DIR=${MEDDINO_CACHE_DIR:-$HOME/.cache/meddino}/target-cuda
 # `--workspace` resolves features as CI's check does; `-p` alone would change them and
