@@ -33,7 +33,7 @@ pub enum Error {
         shape: Vec<usize>,
     },
     /// Voxel spacing that is zero, negative or not finite.
-    #[error("{}: invalid voxel spacing {spacing:?} in pixdim (expected positive, finite values)", path.display())]
+    #[error("{}: invalid voxel spacing {spacing:?} (x, y, z) in the header (expected positive, finite values)", path.display())]
     InvalidSpacing {
         /// The file.
         path: PathBuf,

@@ -70,6 +70,27 @@ fn every_reference_file_reads_as_nibabel_and_simpleitk_do() {
             );
         }
 
+        // ITK geometry: spacing, origin, direction exactly as SimpleITK reports them.
+        let geometry = &image.geometry;
+        for (what, ours, key) in [
+            ("spacing", &geometry.spacing, "spacing"),
+            ("origin", &geometry.origin, "origin"),
+            ("direction", &geometry.direction, "direction"),
+        ] {
+            let theirs = numbers(&sitk[key], key);
+            assert_eq!(
+                ours.len(),
+                theirs.len(),
+                "{name}: {what} {ours:?} vs SimpleITK {theirs:?}"
+            );
+            for (a, b) in ours.iter().zip(&theirs) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "{name}: {what} {ours:?} vs SimpleITK {theirs:?}"
+                );
+            }
+        }
+
         let values: Vec<f64> = image.data.iter().map(|&v| f64::from(v)).collect();
         let sum: f64 = values.iter().sum();
         let min = values.iter().copied().fold(f64::INFINITY, f64::min);

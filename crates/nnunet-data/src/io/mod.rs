@@ -3,7 +3,9 @@
 //! only inside the readers.
 
 pub mod atomic;
+pub mod geometry;
 pub mod nifti;
 
 pub use self::atomic::write_atomic;
+pub use self::geometry::ItkGeometry;
 pub use self::nifti::{read_image, read_label_map, Image, LabelMap};

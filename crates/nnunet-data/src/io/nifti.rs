@@ -4,22 +4,27 @@
 //! The voxel array is returned in C order with the axes reversed from NIfTI's, so a 3-D
 //! file of NIfTI shape (x, y, z) gives (z, y, x) and a 2-D file (x, y) gives (y, x); trailing
 //! axes of length 1 beyond the third (e.g. a 4-D file with one time point) are dropped. The
-//! spacing is `|pixdim[1..=n]|` in the same reversed order.
+//! spacing is SimpleITK's (`|pixdim[1..=n]|`, or the sform's column lengths when the sform
+//! defines the geometry; see [`super::geometry`]) in the same reversed order.
 
 use std::path::Path;
 
 use ndarray::{ArrayD, Axis};
 use nifti::{IntoNdArray, NiftiObject, ReaderOptions};
 
+use super::geometry::{itk_geometry, ItkGeometry};
 use crate::error::{Error, Result};
 
-/// An image: voxel values in array order and the spacing (mm) of each array axis.
+/// An image: voxel values in array order, the spacing (mm) of each array axis, and the
+/// geometry SimpleITK reports (for writing results back in place).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Image {
     /// Voxel values after scaling, shape ((Z,) Y, X), C order.
     pub data: ArrayD<f32>,
     /// Spacing per array axis in mm.
     pub spacing: Vec<f64>,
+    /// Spacing, origin and direction in ITK's (x, y, z) order and LPS world.
+    pub geometry: ItkGeometry,
 }
 
 /// A label map: integer labels in array order and the spacing of each array axis.
@@ -62,14 +67,12 @@ pub fn read_image(path: &Path) -> Result<Image> {
             shape: volume.shape().to_vec(),
         });
     }
-    let spacing_xyz: Vec<f64> = header.pixdim[1..=volume.ndim()]
-        .iter()
-        .map(|&p| f64::from(p).abs())
-        .collect();
-    if spacing_xyz.iter().any(|s| !s.is_finite() || *s <= 0.0) {
+    // SimpleITK's spacing: the pixdims, or the sform's column lengths when that wins.
+    let geometry = itk_geometry(&header, volume.ndim());
+    if geometry.spacing.iter().any(|s| !s.is_finite() || *s <= 0.0) {
         return Err(Error::InvalidSpacing {
             path: path.to_path_buf(),
-            spacing: spacing_xyz,
+            spacing: geometry.spacing,
         });
     }
     // The crate returns NIfTI (x, y, z) order in Fortran layout: reversing the axes gives
@@ -77,7 +80,8 @@ pub fn read_image(path: &Path) -> Result<Image> {
     let data = volume.reversed_axes().as_standard_layout().into_owned();
     Ok(Image {
         data,
-        spacing: spacing_xyz.into_iter().rev().collect(),
+        spacing: geometry.spacing.iter().rev().copied().collect(),
+        geometry,
     })
 }
 
