@@ -58,6 +58,16 @@ pub enum Error {
         /// What is wrong, naming the key.
         message: String,
     },
+    /// Channels (or image and label) of one case that do not fit together.
+    #[error("{} and {} do not match: {detail}", first.display(), other.display())]
+    ChannelMismatch {
+        /// The first file.
+        first: PathBuf,
+        /// The file that differs.
+        other: PathBuf,
+        /// Shapes and spacings of both.
+        detail: String,
+    },
     /// Cross-validation folds that cannot be made.
     #[error("{0}")]
     Split(String),

@@ -6,17 +6,23 @@
 //! (x, y, z) order appears only at the I/O boundary. This crate knows nothing of candle.
 //!
 //! Landed so far: [`dataset`] (`dataset.json`), [`io::nifti`] (reading images and label
-//! maps with their spacing), [`split`] (`splits_final.json`, bit-exact folds). Precise behaviour: `shared/spec/nnunet-reference.md` §1–5.
+//! maps with their spacing), [`split`] (`splits_final.json`, bit-exact folds), [`raw`] (case discovery), [`crop`]
+//! (`crop_to_nonzero`), [`fingerprint`] (`dataset_fingerprint.json`). Precise behaviour: `shared/spec/nnunet-reference.md` §1–5.
 
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
 
+pub mod crop;
 pub mod dataset;
 mod error;
+pub mod fingerprint;
 pub mod io;
+pub mod raw;
 pub mod split;
 
 pub use dataset::{DatasetJson, LabelEntry, LabelValue};
 pub use error::{Error, Result};
+pub use fingerprint::Fingerprint;
 pub use ndarray;
+pub use raw::{RawCase, RawDataset};
 pub use split::{crossval_split, Fold};

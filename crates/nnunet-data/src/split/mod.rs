@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
-use mt19937::RandomState;
+pub(crate) use mt19937::RandomState;
 
 /// The seed nnU-Net uses for its folds.
 pub const SPLIT_SEED: u32 = 12345;

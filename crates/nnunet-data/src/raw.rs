@@ -1,0 +1,184 @@
+//! An nnU-Net raw data set: `dataset.json`, `imagesTr/` and `labelsTr/` (or the explicit
+//! `"dataset"` mapping in dataset.json), and its cases.
+//!
+//! Case ids are the image file names ending in the file ending, with the ending and the
+//! 5-character channel suffix (`_0000`) removed, unique and sorted; a case's channel files
+//! are the names matching `{id}_DDDD{ending}` exactly, in name order; its label is
+//! `labelsTr/{id}{ending}`.
+
+use std::path::{Path, PathBuf};
+
+use crate::dataset::DatasetJson;
+use crate::error::{Error, Result};
+
+/// One training case: its id, channel files (in channel order) and label file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawCase {
+    /// The case id (`case_001`).
+    pub id: String,
+    /// Channel files `imagesTr/{id}_0000{ending}`, …
+    pub images: Vec<PathBuf>,
+    /// `labelsTr/{id}{ending}`.
+    pub label: PathBuf,
+}
+
+/// A raw data set folder.
+#[derive(Debug, Clone)]
+pub struct RawDataset {
+    /// The folder (`DatasetXXX_Name`).
+    pub folder: PathBuf,
+    /// Its dataset.json.
+    pub dataset_json: DatasetJson,
+    /// The training cases, sorted by id.
+    pub cases: Vec<RawCase>,
+}
+
+/// `{id}_DDDD{ending}` → `id`, for a name that has that form.
+fn case_id_of<'a>(name: &'a str, ending: &str) -> Option<&'a str> {
+    let stem = name.strip_suffix(ending)?;
+    let (id, channel) = stem.rsplit_once('_')?;
+    (channel.len() == 4 && channel.bytes().all(|b| b.is_ascii_digit())).then_some(id)
+}
+
+impl RawDataset {
+    /// Opens a raw data set folder and lists its cases.
+    ///
+    /// # Errors
+    ///
+    /// When dataset.json is missing or malformed, `imagesTr` cannot be listed, or a mapping
+    /// entry of `"dataset"` is malformed; errors name the file or key.
+    pub fn open(folder: &Path) -> Result<Self> {
+        let json_path = folder.join("dataset.json");
+        let dataset_json = DatasetJson::read(&json_path)?;
+        let ending = dataset_json.file_ending.clone().ok_or_else(|| Error::Json {
+            path: json_path.clone(),
+            message: "missing key \"file_ending\"".into(),
+        })?;
+        let cases = match dataset_json.raw.get("dataset") {
+            Some(mapping) => Self::cases_from_mapping(folder, &json_path, mapping)?,
+            None => Self::cases_from_folders(folder, &ending)?,
+        };
+        Ok(Self {
+            folder: folder.to_path_buf(),
+            dataset_json,
+            cases,
+        })
+    }
+
+    fn cases_from_folders(folder: &Path, ending: &str) -> Result<Vec<RawCase>> {
+        let images = folder.join("imagesTr");
+        let listing = std::fs::read_dir(&images).map_err(|source| Error::Io {
+            path: images.clone(),
+            source,
+        })?;
+        let mut names: Vec<String> = listing
+            .filter_map(|entry| entry.ok().and_then(|e| e.file_name().into_string().ok()))
+            .filter(|name| name.ends_with(ending))
+            .collect();
+        names.sort();
+        let mut ids: Vec<&str> = names.iter().filter_map(|n| case_id_of(n, ending)).collect();
+        ids.dedup();
+        Ok(ids
+            .iter()
+            .map(|id| RawCase {
+                id: (*id).to_string(),
+                images: names
+                    .iter()
+                    .filter(|n| case_id_of(n, ending) == Some(id))
+                    .map(|n| images.join(n))
+                    .collect(),
+                label: folder.join("labelsTr").join(format!("{id}{ending}")),
+            })
+            .collect())
+    }
+
+    fn cases_from_mapping(folder: &Path, json_path: &Path, mapping: &serde_json::Value) -> Result<Vec<RawCase>> {
+        let fail = |message: String| Error::Json {
+            path: json_path.to_path_buf(),
+            message,
+        };
+        let object = mapping
+            .as_object()
+            .ok_or_else(|| fail("\"dataset\" must map case ids to {images, label}".into()))?;
+        let path = |v: &serde_json::Value, key: &str| -> Result<PathBuf> {
+            let text = v
+                .as_str()
+                .ok_or_else(|| fail(format!("dataset.{key}: expected a path string, got {v}")))?;
+            Ok(folder.join(expand_env(text)))
+        };
+        let mut cases = object
+            .iter()
+            .map(|(id, entry)| {
+                let images = entry["images"]
+                    .as_array()
+                    .ok_or_else(|| fail(format!("dataset.{id}.images: expected a list of paths")))?
+                    .iter()
+                    .map(|v| path(v, &format!("{id}.images")))
+                    .collect::<Result<_>>()?;
+                Ok(RawCase {
+                    id: id.clone(),
+                    images,
+                    label: path(&entry["label"], &format!("{id}.label"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        cases.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(cases)
+    }
+}
+
+/// `$VAR` and `${VAR}` replaced by their values (unset variables stay as written), as
+/// Python's `os.path.expandvars`.
+fn expand_env(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, tail) = if let Some(inner) = after.strip_prefix('{') {
+            match inner.find('}') {
+                Some(end) => (&inner[..end], &inner[end + 1..]),
+                None => ("", after),
+            }
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        match (name.is_empty(), std::env::var(name)) {
+            (false, Ok(value)) => out.push_str(&value),
+            _ => out.push_str(&rest[at..at + 1 + (after.len() - tail.len())]),
+        }
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_ids_need_a_four_digit_channel() {
+        assert_eq!(case_id_of("liver_3_0000.nii.gz", ".nii.gz"), Some("liver_3"));
+        assert_eq!(case_id_of("liver_3.nii.gz", ".nii.gz"), None);
+        assert_eq!(case_id_of("liver_000a.nii.gz", ".nii.gz"), None);
+        assert_eq!(case_id_of("liver_0000.nii", ".nii.gz"), None);
+    }
+
+    #[test]
+    fn environment_variables_expand() {
+        std::env::set_var("NNUNET_DATA_TEST_ROOT", "/data");
+        assert_eq!(
+            expand_env("$NNUNET_DATA_TEST_ROOT/a/${NNUNET_DATA_TEST_ROOT}"),
+            "/data/a//data"
+        );
+        assert_eq!(
+            expand_env("$NNUNET_DATA_UNSET_VARIABLE/x"),
+            "$NNUNET_DATA_UNSET_VARIABLE/x"
+        );
+        assert_eq!(expand_env("cost $5"), "cost $5");
+    }
+}
