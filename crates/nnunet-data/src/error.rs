@@ -68,6 +68,9 @@ pub enum Error {
         /// Shapes and spacings of both.
         detail: String,
     },
+    /// Plans that cannot be used (missing or circular configurations).
+    #[error("plans: {0}")]
+    Plan(String),
     /// Cross-validation folds that cannot be made.
     #[error("{0}")]
     Split(String),

@@ -7,7 +7,8 @@
 //!
 //! Landed so far: [`dataset`] (`dataset.json`), [`io::nifti`] (reading images and label
 //! maps with their spacing), [`split`] (`splits_final.json`, bit-exact folds), [`raw`] (case discovery), [`crop`]
-//! (`crop_to_nonzero`), [`fingerprint`] (`dataset_fingerprint.json`). Precise behaviour: `shared/spec/nnunet-reference.md` §1–5.
+//! (`crop_to_nonzero`), [`fingerprint`] (`dataset_fingerprint.json`), [`plan`] (`2d` and
+//! `3d_fullres` planning, `nnUNetPlans.json`, `2d_N` derivation). Precise behaviour: `shared/spec/nnunet-reference.md` §1–5.
 
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
@@ -17,6 +18,7 @@ pub mod dataset;
 mod error;
 pub mod fingerprint;
 pub mod io;
+pub mod plan;
 pub mod raw;
 pub mod split;
 
@@ -24,5 +26,6 @@ pub use dataset::{DatasetJson, LabelEntry, LabelValue};
 pub use error::{Error, Result};
 pub use fingerprint::Fingerprint;
 pub use ndarray;
+pub use plan::Plans;
 pub use raw::{RawCase, RawDataset};
 pub use split::{crossval_split, Fold};

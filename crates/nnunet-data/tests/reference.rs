@@ -73,3 +73,91 @@ fn fingerprint_equals_nnunets() {
         }
     }
 }
+
+#[test]
+fn plans_equal_nnunets() {
+    let reference = reference_or_skip!();
+    let raw = reference.file("nnunet/raw");
+    let folder = std::fs::read_dir(&raw)
+        .expect("list raw")
+        .next()
+        .expect("one data set")
+        .expect("entry")
+        .path();
+    let name = folder
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("folder name")
+        .to_string();
+    let dataset = nnunet_data::RawDataset::open(&folder).unwrap_or_else(|e| panic!("{e}"));
+    // Plan from nnU-Net's own fingerprint, so this test checks the planner alone.
+    let fingerprint: nnunet_data::Fingerprint =
+        serde_json::from_value(reference.json("nnunet/expected/dataset_fingerprint.json")).expect("fingerprint");
+    let mut plans = nnunet_data::Plans::plan(&name, &dataset.dataset_json, &fingerprint);
+    let expected = reference.json("nnunet/expected/nnUNetPlans.json");
+    for key in [
+        "dataset_name",
+        "plans_name",
+        "original_median_shape_after_transp",
+        "image_reader_writer",
+        "transpose_forward",
+        "transpose_backward",
+        "label_manager",
+    ] {
+        assert_eq!(plans.value[key], expected[key], "{key}");
+    }
+    let close = |a: &serde_json::Value, b: &serde_json::Value, what: &str| {
+        let (a, b) = (a.as_array().expect("list"), b.as_array().expect("list"));
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (x, y) in a.iter().zip(b) {
+            let (x, y) = (x.as_f64().expect("number"), y.as_f64().expect("number"));
+            assert!((x - y).abs() <= 1e-9 * y.abs().max(1.0), "{what}: {a:?} vs {b:?}");
+        }
+    };
+    close(
+        &plans.value["original_median_spacing_after_transp"],
+        &expected["original_median_spacing_after_transp"],
+        "median spacing",
+    );
+    let names = plans.configuration_names();
+    let expected_names: Vec<String> = expected["configurations"]
+        .as_object()
+        .expect("configurations")
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(names, expected_names);
+    for config in &names {
+        let (ours, theirs) = (
+            &plans.value["configurations"][config],
+            &expected["configurations"][config],
+        );
+        for key in theirs.as_object().expect("config").keys() {
+            match key.as_str() {
+                "spacing" | "median_image_size_in_voxels" => {
+                    close(&ours[key], &theirs[key], &format!("{config}.{key}"))
+                }
+                _ => assert_eq!(ours[key], theirs[key], "{config}.{key}"),
+            }
+        }
+    }
+    // The derived 2d_896 entry, with its patch size from the reference's config.
+    let derived = reference.json("nnunet/expected/2d_896/config.json");
+    let patch = derived["patch_size"][0].as_u64().expect("patch") as usize;
+    let added = plans.add_derived_2d(patch).expect("derive");
+    let ours = &plans.value["configurations"][&added];
+    for key in derived.as_object().expect("object").keys() {
+        if key == "spacing" {
+            close(&ours[key], &derived[key], "2d_896 spacing");
+        } else {
+            assert_eq!(ours[key], derived[key], "2d_896 {key}");
+        }
+    }
+    // Inheritance resolves to the parent's network with the child's patch.
+    let resolved = plans.configuration(&added).expect("resolve");
+    assert_eq!(
+        resolved["architecture"],
+        plans.value["configurations"]["2d"]["architecture"]
+    );
+    assert_eq!(resolved["patch_size"], derived["patch_size"]);
+}
