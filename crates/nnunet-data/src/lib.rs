@@ -19,6 +19,7 @@ mod error;
 pub mod fingerprint;
 pub mod io;
 pub mod plan;
+pub mod preprocess;
 pub mod raw;
 pub mod split;
 

@@ -161,3 +161,73 @@ fn plans_equal_nnunets() {
     );
     assert_eq!(resolved["patch_size"], derived["patch_size"]);
 }
+
+#[test]
+fn preprocessed_2d_cases_equal_nnunets() {
+    let reference = reference_or_skip!();
+    let raw = reference.file("nnunet/raw");
+    let folder = std::fs::read_dir(&raw)
+        .expect("list raw")
+        .next()
+        .expect("one data set")
+        .expect("entry")
+        .path();
+    let dataset = nnunet_data::RawDataset::open(&folder).unwrap_or_else(|e| panic!("{e}"));
+    let plans = nnunet_data::Plans::read(&reference.file("nnunet/expected/nnUNetPlans.json")).expect("plans");
+    let configuration = plans.configuration("2d").expect("2d");
+    let plan = nnunet_data::preprocess::PreprocessingPlan::from_plans(&plans.value, &configuration).expect("plan");
+    let cases = reference.json("nnunet/expected/2d/cases.json");
+    let mut worst_data = 0f64;
+    for case in &dataset.cases {
+        let images = nnunet_data::io::read_images(&case.images).unwrap_or_else(|e| panic!("{e}"));
+        let label = nnunet_data::io::read_images(std::slice::from_ref(&case.label)).unwrap_or_else(|e| panic!("{e}"));
+        let ours =
+            nnunet_data::preprocess::preprocess_case(&images, Some(&label), &plan).unwrap_or_else(|e| panic!("{e}"));
+        let expected = reference.npz(format!("nnunet/expected/2d/{}.npz", case.id));
+        let (data, seg) = (expected.get("data"), expected.get("seg"));
+        assert_eq!(ours.data.shape(), data.shape(), "{}: data shape", case.id);
+        let max_abs = ours
+            .data
+            .iter()
+            .zip(data.iter())
+            .map(|(&a, &b)| (f64::from(a) - b).abs())
+            .fold(0.0, f64::max);
+        worst_data = worst_data.max(max_abs);
+        let differing = ours
+            .seg
+            .iter()
+            .zip(seg.iter())
+            .filter(|(&a, &b)| f64::from(a) != b)
+            .count();
+        let fraction = differing as f64 / seg.len() as f64;
+        eprintln!(
+            "{}: data max |Δ| {max_abs:.2e}, seg differs at {differing} of {} voxels ({:.4}%)",
+            case.id,
+            seg.len(),
+            100.0 * fraction
+        );
+        assert!(max_abs <= 1e-3, "{}: data max |Δ| {max_abs}", case.id);
+        assert!(fraction <= 0.005, "{}: seg mismatch fraction {fraction}", case.id);
+        let properties = serde_json::to_value(&ours.properties).expect("json");
+        let theirs = &cases[&case.id]["properties"];
+        for key in [
+            "shape_before_cropping",
+            "bbox_used_for_cropping",
+            "shape_after_cropping_and_before_resampling",
+            "spacing",
+        ] {
+            assert_eq!(properties[key], theirs[key], "{}: {key}", case.id);
+        }
+        for key in ["spacing", "origin", "direction"] {
+            let (a, b) = (&properties["sitk_stuff"][key], &theirs["sitk_stuff"][key]);
+            let close = a.as_array().zip(b.as_array()).is_some_and(|(a, b)| {
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(b)
+                        .all(|(x, y)| (x.as_f64().unwrap_or(f64::NAN) - y.as_f64().unwrap_or(0.0)).abs() < 1e-6)
+            });
+            assert!(close, "{}: sitk_stuff.{key} {a} vs {b}", case.id);
+        }
+    }
+    eprintln!("worst data max |Δ| over cases: {worst_data:.2e}");
+}

@@ -1,0 +1,200 @@
+//! nnU-Net's `DefaultPreprocessor.run_case_npy` for one case: transpose, crop to nonzero,
+//! normalise, resample to the configuration's spacing (`shared/spec/nnunet-reference.md` §4).
+//!
+//! 2-D configurations never resample the slice axis: their target spacing is the case's own
+//! slice spacing followed by the configuration's in-plane spacing.
+
+pub mod normalize;
+pub mod resample;
+
+use ndarray::{Array4, Axis};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::crop::crop_to_nonzero;
+use crate::error::{Error, Result};
+use crate::fingerprint::IntensityProperties;
+use crate::io::Volume;
+use normalize::Normalization;
+use resample::{new_shape, resample_data, resample_seg, separate_z_axis};
+
+/// The reader geometry nnU-Net keeps for export (`sitk_stuff`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SitkStuff {
+    /// ITK spacing (x, y, z).
+    pub spacing: Vec<f64>,
+    /// ITK origin.
+    pub origin: Vec<f64>,
+    /// ITK direction, row-major.
+    pub direction: Vec<f64>,
+}
+
+/// What nnU-Net stores about a preprocessed case (its `.pkl`), minus class locations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseProperties {
+    /// Reader geometry.
+    pub sitk_stuff: SitkStuff,
+    /// Spacing in reader (Z, Y, X) order.
+    pub spacing: [f64; 3],
+    /// Transposed shape before cropping.
+    pub shape_before_cropping: [usize; 3],
+    /// `[start, end)` per transposed axis.
+    pub bbox_used_for_cropping: [[usize; 2]; 3],
+    /// Transposed shape after cropping.
+    pub shape_after_cropping_and_before_resampling: [usize; 3],
+}
+
+/// A preprocessed case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocessed {
+    /// (C, Z, Y, X) float32.
+    pub data: Array4<f32>,
+    /// (1, Z, Y, X): −1 outside the nonzero mask, 0, labels.
+    pub seg: Array4<i16>,
+    /// Geometry and crop bookkeeping.
+    pub properties: CaseProperties,
+}
+
+/// A resolved plans configuration, as preprocessing needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreprocessingPlan {
+    /// `transpose_forward`.
+    pub transpose_forward: [usize; 3],
+    /// Target spacing (2 entries for 2-D configurations, 3 for 3-D), transposed order.
+    pub spacing: Vec<f64>,
+    /// Per channel scheme.
+    pub normalization: Vec<Normalization>,
+    /// Per channel `use_mask_for_norm`.
+    pub use_mask_for_norm: Vec<bool>,
+    /// Per channel data set intensity properties.
+    pub intensity_properties: Vec<Option<IntensityProperties>>,
+}
+
+impl PreprocessingPlan {
+    /// Reads what preprocessing needs from a plans document and one resolved configuration.
+    ///
+    /// # Errors
+    ///
+    /// When a key is missing or malformed (named in the message).
+    pub fn from_plans(plans: &Value, configuration: &Map<String, Value>) -> Result<Self> {
+        let fail = |key: &str| Error::Plan(format!("missing or malformed {key}"));
+        let numbers = |v: &Value, key: &str| -> Result<Vec<f64>> {
+            v.as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .ok_or_else(|| fail(key))
+        };
+        let tf = numbers(&plans["transpose_forward"], "transpose_forward")?;
+        let transpose_forward: [usize; 3] = [0, 1, 2].map(|i| tf.get(i).copied().unwrap_or(i as f64) as usize);
+        let spacing = numbers(configuration.get("spacing").ok_or_else(|| fail("spacing"))?, "spacing")?;
+        let normalization = configuration
+            .get("normalization_schemes")
+            .and_then(Value::as_array)
+            .ok_or_else(|| fail("normalization_schemes"))?
+            .iter()
+            .map(|n| Normalization::from_name(n.as_str().unwrap_or_default()))
+            .collect::<Result<Vec<_>>>()?;
+        let use_mask_for_norm = configuration
+            .get("use_mask_for_norm")
+            .and_then(Value::as_array)
+            .ok_or_else(|| fail("use_mask_for_norm"))?
+            .iter()
+            .map(|v| v.as_bool().unwrap_or(false))
+            .collect();
+        let intensity_properties = (0..normalization.len())
+            .map(|c| {
+                serde_json::from_value(plans["foreground_intensity_properties_per_channel"][c.to_string()].clone()).ok()
+            })
+            .collect();
+        Ok(Self {
+            transpose_forward,
+            spacing,
+            normalization,
+            use_mask_for_norm,
+            intensity_properties,
+        })
+    }
+}
+
+/// Preprocesses one case (images and, for training, its label as read).
+///
+/// # Errors
+///
+/// When the plan's channels do not match the image's or the spacing is malformed.
+pub fn preprocess_case(images: &Volume, label: Option<&Volume>, plan: &PreprocessingPlan) -> Result<Preprocessed> {
+    let channels = images.data.dim().0;
+    if plan.normalization.len() != channels {
+        return Err(Error::Plan(format!(
+            "the configuration normalises {} channel(s), the case has {channels}",
+            plan.normalization.len()
+        )));
+    }
+    let tf = plan.transpose_forward;
+    let order = [0, 1 + tf[0], 1 + tf[1], 1 + tf[2]];
+    let data = images
+        .data
+        .view()
+        .permuted_axes(order)
+        .as_standard_layout()
+        .into_owned();
+    let seg = match label {
+        Some(label) => label
+            .data
+            .mapv(|v| v as i16)
+            .permuted_axes(order)
+            .as_standard_layout()
+            .into_owned(),
+        None => {
+            let (_, z, y, x) = data.dim();
+            Array4::<i16>::zeros((1, z, y, x))
+        }
+    };
+    let spacing = tf.map(|a| images.spacing[a]);
+    let shape_before = [data.dim().1, data.dim().2, data.dim().3];
+    let mut cropped = crop_to_nonzero(data.view(), seg.view());
+    let shape_after = [cropped.data.dim().1, cropped.data.dim().2, cropped.data.dim().3];
+    let target: [f64; 3] = match plan.spacing[..] {
+        [y, x] => [spacing[0], y, x],
+        [z, y, x] => [z, y, x],
+        _ => {
+            return Err(Error::Plan(format!(
+                "spacing {:?} must have 2 or 3 entries",
+                plan.spacing
+            )))
+        }
+    };
+    let shape = new_shape(shape_after, spacing, target);
+    let seg0 = cropped.seg.index_axis(Axis(0), 0).to_owned();
+    for (c, mut channel) in cropped.data.outer_iter_mut().enumerate() {
+        plan.normalization[c].apply(
+            channel.view_mut(),
+            seg0.view(),
+            plan.use_mask_for_norm.get(c).copied().unwrap_or(false),
+            plan.intensity_properties.get(c).and_then(Option::as_ref),
+        )?;
+    }
+    let separate = separate_z_axis(spacing, target);
+    let resampled: Vec<_> = cropped
+        .data
+        .outer_iter()
+        .map(|c| resample_data(c, shape, separate))
+        .collect();
+    let views: Vec<_> = resampled.iter().map(|c| c.view()).collect();
+    let data = ndarray::stack(Axis(0), &views).unwrap_or_else(|_| unreachable!("channels share a shape"));
+    let seg = resample_seg(seg0.view(), shape, separate).insert_axis(Axis(0));
+    let geometry = &images.geometry;
+    Ok(Preprocessed {
+        data,
+        seg,
+        properties: CaseProperties {
+            sitk_stuff: SitkStuff {
+                spacing: geometry.spacing.clone(),
+                origin: geometry.origin.clone(),
+                direction: geometry.direction.clone(),
+            },
+            spacing: images.spacing,
+            shape_before_cropping: shape_before,
+            bbox_used_for_cropping: cropped.bbox,
+            shape_after_cropping_and_before_resampling: shape_after,
+        },
+    })
+}
