@@ -231,3 +231,98 @@ fn preprocessed_2d_cases_equal_nnunets() {
     }
     eprintln!("worst data max |Δ| over cases: {worst_data:.2e}");
 }
+
+#[test]
+fn preprocessed_2d_896_cases_equal_nnunets() {
+    let reference = reference_or_skip!();
+    let raw = reference.file("nnunet/raw");
+    let folder = std::fs::read_dir(&raw)
+        .expect("list raw")
+        .next()
+        .expect("one data set")
+        .expect("entry")
+        .path();
+    let dataset = nnunet_data::RawDataset::open(&folder).unwrap_or_else(|e| panic!("{e}"));
+    let mut plans = nnunet_data::Plans::read(&reference.file("nnunet/expected/nnUNetPlans.json")).expect("plans");
+    let derived = reference.json("nnunet/expected/2d_896/config.json");
+    let name = plans
+        .add_derived_2d(derived["patch_size"][0].as_u64().expect("patch") as usize)
+        .expect("derive");
+    let configuration = plans.configuration(&name).expect("resolve");
+    let plan = nnunet_data::preprocess::PreprocessingPlan::from_plans(&plans.value, &configuration).expect("plan");
+    let all_cases = reference.json("nnunet/expected/2d_896/all_cases.json");
+    let sliced = reference.list("nnunet/expected/2d_896", "_slices.npz");
+    for case in &dataset.cases {
+        let Some(expected) = all_cases.get(&case.id) else {
+            continue;
+        };
+        let images = nnunet_data::io::read_images(&case.images).unwrap_or_else(|e| panic!("{e}"));
+        let label = nnunet_data::io::read_images(std::slice::from_ref(&case.label)).unwrap_or_else(|e| panic!("{e}"));
+        let ours =
+            nnunet_data::preprocess::preprocess_case(&images, Some(&label), &plan).unwrap_or_else(|e| panic!("{e}"));
+        let shape: Vec<usize> = serde_json::from_value(expected["shape"].clone()).expect("shape");
+        assert_eq!(ours.data.shape(), shape.as_slice(), "{}: shape", case.id);
+        let n = ours.data.len() as f64;
+        let mean = ours.data.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let std = (ours.data.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n).sqrt();
+        for (what, a, b) in [("mean", mean, &expected["mean"]), ("std", std, &expected["std"])] {
+            let b = b.as_f64().expect("number");
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "{}: {what} {a} vs {b}",
+                case.id
+            );
+        }
+        for (label_value, count) in expected["seg_counts"].as_object().expect("seg_counts") {
+            let label_value: i16 = label_value.parse().expect("label");
+            let ours_count = ours.seg.iter().filter(|&&v| v == label_value).count() as f64;
+            let theirs = count.as_f64().expect("count");
+            assert!(
+                (ours_count - theirs).abs() <= 0.005 * theirs.max(1.0),
+                "{}: label {label_value}: {ours_count} vs {theirs}",
+                case.id
+            );
+        }
+        eprintln!(
+            "{}: shape {:?}, mean {mean:.6}, std {std:.6}",
+            case.id,
+            ours.data.shape()
+        );
+        // Where nnU-Net's slices were stored, compare them voxel by voxel.
+        if let Some(file) = sliced
+            .iter()
+            .find(|f| f.to_string_lossy().ends_with(&format!("{}_slices.npz", case.id)))
+        {
+            let slices = reference.npz(file);
+            let indices: Vec<usize> = slices.get("slice_index").iter().map(|&v| v as usize).collect();
+            let (data, seg) = (slices.get("data"), slices.get("seg"));
+            for (k, &z) in indices.iter().enumerate() {
+                let ours_slice = ours.data.index_axis(ndarray::Axis(1), z);
+                let theirs_slice = data.index_axis(ndarray::Axis(1), k);
+                let max_abs = ours_slice
+                    .iter()
+                    .zip(theirs_slice.iter())
+                    .map(|(&a, &b)| (f64::from(a) - b).abs())
+                    .fold(0.0, f64::max);
+                let seg_ours = ours.seg.index_axis(ndarray::Axis(1), z);
+                let seg_theirs = seg.index_axis(ndarray::Axis(1), k);
+                let differing = seg_ours
+                    .iter()
+                    .zip(seg_theirs.iter())
+                    .filter(|(&a, &b)| f64::from(a) != b)
+                    .count();
+                let fraction = differing as f64 / seg_theirs.len() as f64;
+                eprintln!(
+                    "{} slice {z}: data max |Δ| {max_abs:.2e}, seg differs at {:.4}%",
+                    case.id,
+                    100.0 * fraction
+                );
+                assert!(
+                    max_abs <= 1e-3 && fraction <= 0.005,
+                    "{} slice {z}: data {max_abs}, seg {fraction}",
+                    case.id
+                );
+            }
+        }
+    }
+}

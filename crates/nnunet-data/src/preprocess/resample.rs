@@ -29,8 +29,8 @@ fn cubic_coefficients(line: &[f64]) -> Vec<f64> {
     let mut sum = c[0] + zn * c[n - 1];
     let z2n = zn * zn;
     let mut zk = z;
-    for k in 1..n - 1 {
-        sum += (zk + z2n / zk) * c[k];
+    for &ck in &c[1..n - 1] {
+        sum += (zk + z2n / zk) * ck;
         zk *= z;
     }
     c[0] = sum / (1.0 - z2n);
