@@ -11,3 +11,6 @@ mod evaluate;
 
 // `meddino features`: PCA and similarity maps of a backbone's patch features.
 mod features;
+
+// `meddino plan-and-preprocess`: the reference data set as nnU-Net plans it; broken sets.
+mod plan;

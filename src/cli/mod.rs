@@ -6,6 +6,7 @@
 
 mod evaluate;
 mod features;
+mod plan;
 
 use anyhow::bail;
 use clap::{ArgAction, Parser, Subcommand};
@@ -60,13 +61,17 @@ pub struct Pending {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// [not implemented yet] Fingerprint, plan and preprocess an nnU-Net raw data set
-    /// (nnUNetv2_plan_and_preprocess, plus the 2d_896 configuration).
-    #[command(long_about = "[not implemented yet] Fingerprint, plan and preprocess an nnU-Net \
-        raw data set, as nnUNetv2_plan_and_preprocess does, and derive MedDINOv3's 2d_896 \
-        configuration.\n\nPlanned usage: meddino plan-and-preprocess -d ID [-c 2d] [-c 2d_896] \
-        [--verify] [-j N]")]
-    PlanAndPreprocess(Pending),
+    /// Fingerprint, plan and preprocess an nnU-Net raw data set (nnUNetv2_plan_and_preprocess,
+    /// plus MedDINOv3's 2d_896 configuration).
+    #[command(long_about = "Fingerprint, plan and preprocess an nnU-Net raw data set as \
+        nnUNetv2_plan_and_preprocess does (default ExperimentPlanner: 2d and 3d_fullres plans), \
+        and derive MedDINOv3's 2d_896 configuration (-c 2d_896, or --patch-size N for 2d_N). \
+        Reads $nnUNet_raw/DatasetXXX_Name, writes dataset_fingerprint.json, nnUNetPlans.json, \
+        dataset.json, gt_segmentations/ and one folder per configuration's data_identifier \
+        into $nnUNet_preprocessed/DatasetXXX_Name. Preprocessed cases are {id}.npy (float32 \
+        C,Z,Y,X), {id}_seg.npy (int16) and {id}.json (properties, class locations); cases already \
+        written are skipped unless --overwrite.")]
+    PlanAndPreprocess(plan::PlanArgs),
 
     /// [not implemented yet] Fine-tune a MedDINOv3 / DINOv3 network on a preprocessed data
     /// set (nnUNetv2_train).
@@ -140,6 +145,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     tracing::debug!(?command, "dispatching");
     match command {
         Command::Evaluate(args) => evaluate::run(args),
+        Command::PlanAndPreprocess(args) => plan::run(args),
         Command::Features(args) => features::run(args),
         pending => bail!("`meddino {}` is not implemented yet", pending.name()),
     }

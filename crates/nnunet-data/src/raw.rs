@@ -156,6 +156,101 @@ fn expand_env(text: &str) -> String {
     out
 }
 
+impl RawDataset {
+    /// nnU-Net's `verify_dataset_integrity`: every problem found, one line each (empty when
+    /// the data set is sound). Reads every image and label.
+    ///
+    /// Checks: `numTraining` equals the cases found; each case has its label file and one
+    /// image per channel of `channel_names`; channels and label agree in shape and spacing;
+    /// label values are declared in dataset.json; declared labels are consecutive from 0; no
+    /// image holds NaN or infinity.
+    pub fn verify(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let json = &self.dataset_json;
+        if let Some(n) = json.num_training {
+            if n as usize != self.cases.len() {
+                problems.push(format!(
+                    "dataset.json: numTraining is {n} but {} cases were found",
+                    self.cases.len()
+                ));
+            }
+        }
+        let mut declared: Vec<u32> = json
+            .labels
+            .iter()
+            .filter_map(|e| match &e.value {
+                crate::dataset::LabelValue::Label(v) => Some(*v),
+                crate::dataset::LabelValue::Region(_) => None,
+            })
+            .collect();
+        declared.sort_unstable();
+        if declared.iter().enumerate().any(|(i, &v)| v != i as u32) {
+            problems.push(format!(
+                "dataset.json: labels must be consecutive from 0, got {declared:?}"
+            ));
+        }
+        let channels = json.channel_names.len();
+        for case in &self.cases {
+            if case.images.len() != channels {
+                problems.push(format!(
+                    "{}: {} image file(s) for {channels} channel(s)",
+                    case.id,
+                    case.images.len()
+                ));
+            }
+            if !case.label.is_file() {
+                problems.push(format!("{}: missing label {}", case.id, case.label.display()));
+                continue;
+            }
+            let images = match crate::io::read_images(&case.images) {
+                Ok(images) => images,
+                Err(e) => {
+                    problems.push(format!("{}: {e}", case.id));
+                    continue;
+                }
+            };
+            if images.data.iter().any(|v| !v.is_finite()) {
+                problems.push(format!("{}: image holds NaN or infinite values", case.id));
+            }
+            match crate::io::read_images(std::slice::from_ref(&case.label)) {
+                Err(e) => problems.push(format!("{}: {e}", case.id)),
+                Ok(label) => {
+                    if label.data.shape()[1..] != images.data.shape()[1..]
+                        || label
+                            .spacing
+                            .iter()
+                            .zip(&images.spacing)
+                            .any(|(a, b)| (a - b).abs() > 1e-5 * b.abs())
+                    {
+                        problems.push(format!(
+                            "{}: label shape {:?} spacing {:?} differs from the image's {:?} {:?}",
+                            case.id,
+                            &label.data.shape()[1..],
+                            label.spacing,
+                            &images.data.shape()[1..],
+                            images.spacing
+                        ));
+                    }
+                    let mut found: Vec<i64> = label.data.iter().map(|&v| v as i64).collect();
+                    found.sort_unstable();
+                    found.dedup();
+                    let undeclared: Vec<i64> = found
+                        .into_iter()
+                        .filter(|&v| v < 0 || !declared.contains(&(v as u32)))
+                        .collect();
+                    if !undeclared.is_empty() {
+                        problems.push(format!(
+                            "{}: label values {undeclared:?} are not declared in dataset.json",
+                            case.id
+                        ));
+                    }
+                }
+            }
+        }
+        problems
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

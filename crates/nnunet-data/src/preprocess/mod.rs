@@ -6,6 +6,7 @@
 
 pub mod normalize;
 pub mod resample;
+pub mod store;
 
 use ndarray::{Array4, Axis};
 use serde::{Deserialize, Serialize};
