@@ -123,3 +123,50 @@ fn every_reference_file_reads_as_nibabel_and_simpleitk_do() {
     eprintln!("{read} files read as the references do, {refused} refused with the file named");
     assert!(read > 0, "no readable file in nifti/expected.json");
 }
+
+#[test]
+fn label_maps_written_with_a_files_geometry_read_back_identically() {
+    let reference = reference_or_skip!();
+    let expected = reference.json("nifti/expected.json");
+    let dir = std::env::temp_dir().join(format!("nnunet-data-write-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch");
+    let mut written = 0;
+    for name in expected["files"].as_object().expect("files").keys() {
+        let Ok(image) = read_image(&reference.file(format!("nifti/files/{name}"))) else {
+            continue;
+        };
+        // A label map of the image's shape with a few labels, one above 255 for some files.
+        let big = written % 2 == 1;
+        let labels = image.data.mapv(|v| {
+            if v > 0.0 {
+                if big {
+                    300
+                } else {
+                    2
+                }
+            } else {
+                0
+            }
+        });
+        for ending in [".nii.gz", ".nii"] {
+            let path = dir.join(format!("out_{written}{ending}"));
+            nnunet_data::io::write_label_map(&path, labels.view(), &image.geometry)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let back = read_image(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(back.data.mapv(|v| v as i32), labels, "{name}{ending}: voxels");
+            for (what, a, b) in [
+                ("spacing", &back.geometry.spacing, &image.geometry.spacing),
+                ("origin", &back.geometry.origin, &image.geometry.origin),
+                ("direction", &back.geometry.direction, &image.geometry.direction),
+            ] {
+                assert!(
+                    a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4 * y.abs().max(1.0)),
+                    "{name}{ending}: {what} {a:?} vs {b:?}"
+                );
+            }
+        }
+        written += 1;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(written > 0);
+}

@@ -5,10 +5,12 @@
 pub mod atomic;
 pub mod geometry;
 pub mod nifti;
+pub mod write;
 
 pub use self::atomic::write_atomic;
 pub use self::geometry::ItkGeometry;
 pub use self::nifti::{read_image, read_label_map, Image, LabelMap};
+pub use self::write::write_label_map;
 
 use std::path::PathBuf;
 
@@ -89,4 +91,74 @@ pub fn read_images(paths: &[PathBuf]) -> Result<Volume> {
         spacing,
         geometry,
     })
+}
+
+/// Reads the images of one case as nnU-Net's reader classes do (the `ImageReader` seam):
+/// channels stacked to (C, Z, Y, X), spacing in (Z, Y, X), the geometry kept for writing.
+/// Object-safe; [`NiftiIo`] is the NIfTI implementation, and a minimal one only has to
+/// produce a [`Volume`]:
+///
+/// ```
+/// use std::path::PathBuf;
+/// use nnunet_data::io::{ImageReader, ItkGeometry, Volume};
+///
+/// #[derive(Debug)]
+/// struct Blank;
+///
+/// impl ImageReader for Blank {
+///     fn read_images(&self, files: &[PathBuf]) -> nnunet_data::Result<Volume> {
+///         let geometry = ItkGeometry { spacing: vec![1.0; 3], origin: vec![0.0; 3], direction: vec![1., 0., 0., 0., 1., 0., 0., 0., 1.] };
+///         Ok(Volume { data: ndarray::Array4::zeros((files.len(), 1, 8, 8)), spacing: [1.0; 3], geometry })
+///     }
+/// }
+/// ```
+pub trait ImageReader: std::fmt::Debug + Send + Sync {
+    /// The channel files of one case (or one label file) as a volume.
+    ///
+    /// # Errors
+    ///
+    /// When a file cannot be read, or channels disagree in shape or spacing.
+    fn read_images(&self, files: &[PathBuf]) -> Result<Volume>;
+}
+
+/// Writes a segmentation back with the geometry of the image it was made from (the
+/// `ImageWriter` seam).
+pub trait ImageWriter: std::fmt::Debug + Send + Sync {
+    /// Writes `seg` ((Z, Y, X); Z = 1 for a 2-D image) to `path` with `geometry`.
+    ///
+    /// # Errors
+    ///
+    /// When the labels do not fit the geometry or the file cannot be written.
+    fn write_seg(
+        &self,
+        seg: ndarray::ArrayView3<'_, i32>,
+        path: &std::path::Path,
+        geometry: &ItkGeometry,
+    ) -> Result<()>;
+}
+
+/// NIfTI-1 (`.nii`, `.nii.gz`) reading and writing, as nnU-Net's `SimpleITKIO`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NiftiIo;
+
+impl ImageReader for NiftiIo {
+    fn read_images(&self, files: &[PathBuf]) -> Result<Volume> {
+        read_images(files)
+    }
+}
+
+impl ImageWriter for NiftiIo {
+    fn write_seg(
+        &self,
+        seg: ndarray::ArrayView3<'_, i32>,
+        path: &std::path::Path,
+        geometry: &ItkGeometry,
+    ) -> Result<()> {
+        // A 2-D image was read as (1, H, W): write its only slice.
+        if geometry.spacing.len() == 2 && seg.dim().0 == 1 {
+            write_label_map(path, seg.index_axis(Axis(0), 0).into_dyn(), geometry)
+        } else {
+            write_label_map(path, seg.into_dyn(), geometry)
+        }
+    }
 }
