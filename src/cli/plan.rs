@@ -150,6 +150,12 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     }
     plans.write(&plans_path)?;
     std::fs::copy(folder.join("dataset.json"), out.join("dataset.json")).context("cannot copy dataset.json")?;
+    // A split placed in the raw folder is taken over (an existing one is kept).
+    let splits = folder.join("splits_final.json");
+    if splits.is_file() && !out.join("splits_final.json").exists() {
+        let folds = meddino::data::split::read_splits(&splits)?;
+        meddino::data::split::write_splits(&out.join("splits_final.json"), &folds)?;
+    }
 
     let classes: Vec<i16> = dataset
         .dataset_json

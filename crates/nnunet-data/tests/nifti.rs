@@ -91,6 +91,26 @@ fn every_reference_file_reads_as_nibabel_and_simpleitk_do() {
             }
         }
 
+        // nibabel's affine (RAS) is ITK's geometry with the first two world axes flipped back.
+        let n = geometry.spacing.len();
+        let affine = &entry["affine"];
+        for i in 0..n {
+            let flip = if i < 2 { -1.0 } else { 1.0 };
+            for j in 0..n {
+                let ours = flip * geometry.direction[i * n + j] * geometry.spacing[j];
+                let theirs = affine[i][j].as_f64().expect("affine entry");
+                assert!(
+                    (ours - theirs).abs() <= 1e-4 * theirs.abs().max(1.0),
+                    "{name}: affine[{i}][{j}] {ours} vs {theirs}"
+                );
+            }
+            let (ours, theirs) = (flip * geometry.origin[i], affine[i][3].as_f64().expect("affine offset"));
+            assert!(
+                (ours - theirs).abs() <= 1e-4 * theirs.abs().max(1.0),
+                "{name}: affine[{i}][3] {ours} vs {theirs}"
+            );
+        }
+
         let values: Vec<f64> = image.data.iter().map(|&v| f64::from(v)).collect();
         let sum: f64 = values.iter().sum();
         let min = values.iter().copied().fold(f64::INFINITY, f64::min);
