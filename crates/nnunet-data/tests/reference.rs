@@ -5,6 +5,26 @@ use meddino_testutil::reference_or_skip;
 use nnunet_data::split::{crossval_split, read_splits, SPLIT_SEED};
 use nnunet_data::DatasetJson;
 
+/// The (single) raw data set of the reference folder and its folder name.
+fn phantom(reference: &meddino_testutil::ReferenceDir) -> (nnunet_data::RawDataset, String) {
+    let raw = reference.file("nnunet/raw");
+    let folder = std::fs::read_dir(&raw)
+        .expect("list raw")
+        .next()
+        .expect("one data set")
+        .expect("entry")
+        .path();
+    let name = folder
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("folder name")
+        .to_string();
+    (
+        nnunet_data::RawDataset::open(&folder).unwrap_or_else(|e| panic!("{e}")),
+        name,
+    )
+}
+
 #[test]
 fn five_fold_split_equals_nnunets() {
     let reference = reference_or_skip!();
@@ -36,14 +56,7 @@ fn five_fold_split_equals_nnunets() {
 #[test]
 fn fingerprint_equals_nnunets() {
     let reference = reference_or_skip!();
-    let raw = reference.file("nnunet/raw");
-    let folder = std::fs::read_dir(&raw)
-        .expect("list raw")
-        .next()
-        .expect("one data set")
-        .expect("entry")
-        .path();
-    let dataset = nnunet_data::RawDataset::open(&folder).unwrap_or_else(|e| panic!("{e}"));
+    let (dataset, _) = phantom(&reference);
     let ours = nnunet_data::Fingerprint::extract(&dataset).unwrap_or_else(|e| panic!("{e}"));
     let expected: nnunet_data::Fingerprint =
         serde_json::from_value(reference.json("nnunet/expected/dataset_fingerprint.json")).expect("fingerprint layout");
@@ -77,19 +90,7 @@ fn fingerprint_equals_nnunets() {
 #[test]
 fn plans_equal_nnunets() {
     let reference = reference_or_skip!();
-    let raw = reference.file("nnunet/raw");
-    let folder = std::fs::read_dir(&raw)
-        .expect("list raw")
-        .next()
-        .expect("one data set")
-        .expect("entry")
-        .path();
-    let name = folder
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("folder name")
-        .to_string();
-    let dataset = nnunet_data::RawDataset::open(&folder).unwrap_or_else(|e| panic!("{e}"));
+    let (dataset, name) = phantom(&reference);
     // Plan from nnU-Net's own fingerprint, so this test checks the planner alone.
     let fingerprint: nnunet_data::Fingerprint =
         serde_json::from_value(reference.json("nnunet/expected/dataset_fingerprint.json")).expect("fingerprint");
@@ -165,14 +166,7 @@ fn plans_equal_nnunets() {
 #[test]
 fn preprocessed_2d_cases_equal_nnunets() {
     let reference = reference_or_skip!();
-    let raw = reference.file("nnunet/raw");
-    let folder = std::fs::read_dir(&raw)
-        .expect("list raw")
-        .next()
-        .expect("one data set")
-        .expect("entry")
-        .path();
-    let dataset = nnunet_data::RawDataset::open(&folder).unwrap_or_else(|e| panic!("{e}"));
+    let (dataset, _) = phantom(&reference);
     let plans = nnunet_data::Plans::read(&reference.file("nnunet/expected/nnUNetPlans.json")).expect("plans");
     let configuration = plans.configuration("2d").expect("2d");
     let plan = nnunet_data::preprocess::PreprocessingPlan::from_plans(&plans.value, &configuration).expect("plan");
@@ -235,14 +229,7 @@ fn preprocessed_2d_cases_equal_nnunets() {
 #[test]
 fn preprocessed_2d_896_cases_equal_nnunets() {
     let reference = reference_or_skip!();
-    let raw = reference.file("nnunet/raw");
-    let folder = std::fs::read_dir(&raw)
-        .expect("list raw")
-        .next()
-        .expect("one data set")
-        .expect("entry")
-        .path();
-    let dataset = nnunet_data::RawDataset::open(&folder).unwrap_or_else(|e| panic!("{e}"));
+    let (dataset, _) = phantom(&reference);
     let mut plans = nnunet_data::Plans::read(&reference.file("nnunet/expected/nnUNetPlans.json")).expect("plans");
     let derived = reference.json("nnunet/expected/2d_896/config.json");
     let name = plans

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use ndarray::{ArrayViewD, Ix2, Ix3};
+use ndarray::ArrayViewD;
 use nifti::writer::WriterOptions;
 use nifti::NiftiHeader;
 
@@ -145,30 +145,14 @@ pub fn write_label_map(path: &Path, labels: ArrayViewD<'_, i32>, geometry: &ItkG
     let temporary = path.with_file_name(format!(".meddino-tmp-{}-{unique}.{ending}", std::process::id()));
     // NIfTI order is (x, y, z): reversing the axes of the C-order (z, y, x) array.
     let xyz = labels.reversed_axes();
+    let options = WriterOptions::new(&temporary).reference_header(&header);
     let written = if max < 255 {
-        let data = xyz.mapv(|v| v as u8);
-        match data.ndim() {
-            3 => data
-                .into_dimensionality::<Ix3>()
-                .map(|d| WriterOptions::new(&temporary).reference_header(&header).write_nifti(&d)),
-            _ => data
-                .into_dimensionality::<Ix2>()
-                .map(|d| WriterOptions::new(&temporary).reference_header(&header).write_nifti(&d)),
-        }
+        options.write_nifti(&xyz.mapv(|v| v as u8))
     } else {
-        let data = xyz.mapv(|v| v as u16);
-        match data.ndim() {
-            3 => data
-                .into_dimensionality::<Ix3>()
-                .map(|d| WriterOptions::new(&temporary).reference_header(&header).write_nifti(&d)),
-            _ => data
-                .into_dimensionality::<Ix2>()
-                .map(|d| WriterOptions::new(&temporary).reference_header(&header).write_nifti(&d)),
-        }
+        options.write_nifti(&xyz.mapv(|v| v as u16))
     };
     let result = match written {
-        Ok(Ok(())) => std::fs::rename(&temporary, path).map_err(|e| fail(e.to_string())),
-        Ok(Err(e)) => Err(fail(e.to_string())),
+        Ok(()) => std::fs::rename(&temporary, path).map_err(|e| fail(e.to_string())),
         Err(e) => Err(fail(e.to_string())),
     };
     if result.is_err() {
