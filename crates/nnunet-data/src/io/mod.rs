@@ -43,16 +43,22 @@ pub fn read_images(paths: &[PathBuf]) -> Result<Volume> {
     let mut first: Option<(PathBuf, [f64; 3], ItkGeometry)> = None;
     for path in paths {
         let image = read_image(path)?;
+        let shape = image.data.shape().to_vec();
         let (data, spacing) = match image.spacing[..] {
             [sy, sx] => (image.data.insert_axis(Axis(0)), [999.0 * sx.max(sy), sy, sx]),
             [sz, sy, sx] => (image.data, [sz, sy, sx]),
-            _ => unreachable!("read_image returns 2-D or 3-D images"),
+            _ => {
+                return Err(Error::UnsupportedDimensionality {
+                    path: path.clone(),
+                    shape,
+                })
+            }
         };
         let data = data
             .into_dimensionality::<ndarray::Ix3>()
             .map_err(|_| Error::UnsupportedDimensionality {
                 path: path.clone(),
-                shape: vec![],
+                shape,
             })?;
         if let Some((first_path, first_spacing, _)) = &first {
             let shape0: &[usize] = channels.first().map_or(&[][..], |c: &ndarray::Array3<f32>| c.shape());
