@@ -3,7 +3,9 @@
 //! predictor, and scoring folders of predictions.
 //!
 //! Landed so far: [`evaluation`] (a folder of predictions → `segmentation_metrics.csv` and
-//! `summary.json`, as MedDINOv3's `compute_metrics.py`). Precise behaviour:
+//! `summary.json`, as MedDINOv3's `compute_metrics.py`), and the training building blocks
+//! [`loss`] (`DC_and_CE_loss`), [`optim`] (grouped AdamW, Nesterov SGD, gradient clipping)
+//! and [`schedule`] (linear and poly learning-rate decay). Precise behaviour:
 //! `shared/spec/meddinov3-reference.md` §4–5 and `shared/spec/nnunet-reference.md` §6–8.
 //!
 //! # Features
@@ -15,6 +17,9 @@
 
 mod error;
 pub mod evaluation;
+pub mod loss;
+pub mod optim;
+pub mod schedule;
 
 pub use candle_core as candle;
 pub use error::{Error, Result};
