@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::crop::crop_to_nonzero;
 use crate::error::Result;
 use crate::io::{read_images, write_atomic};
+use crate::random::RandomState;
 use crate::raw::RawDataset;
-use crate::split::RandomState;
 
 /// Intensity statistics of one channel's foreground.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -20,7 +20,9 @@ pub mod fingerprint;
 pub mod io;
 pub mod plan;
 pub mod preprocess;
+pub mod random;
 pub mod raw;
+pub mod sampling;
 pub mod split;
 
 pub use dataset::{DatasetJson, LabelEntry, LabelValue};

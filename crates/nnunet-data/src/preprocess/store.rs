@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use super::Preprocessed;
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
-use crate::split::RandomState;
+use crate::random::RandomState;
 
 /// nnU-Net's `_sample_foreground_locations`: for each class, up to 10 000 voxel coordinates
 /// `[0, z, y, x]` (at least 1 % of the class), drawn without replacement by one legacy

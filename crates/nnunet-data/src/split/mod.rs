@@ -5,8 +5,6 @@
 //! of `n/k` (+1 for the first `n % k` folds), and both lists of every fold in ascending id
 //! order. A fold number beyond the splits gets nnU-Net's random 80:20 split instead.
 
-mod mt19937;
-
 use std::io::Write;
 use std::path::Path;
 
@@ -14,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
-pub(crate) use mt19937::RandomState;
+use crate::random::RandomState;
 
 /// The seed nnU-Net uses for its folds.
 pub const SPLIT_SEED: u32 = 12345;

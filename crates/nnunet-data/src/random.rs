@@ -8,14 +8,14 @@ const M: usize = 397;
 
 /// The Mersenne Twister MT19937 (Matsumoto & Nishimura, 1998).
 #[derive(Debug, Clone)]
-pub(crate) struct RandomState {
+pub struct RandomState {
     state: [u32; N],
     index: usize,
 }
 
 impl RandomState {
     /// `np.random.RandomState(seed)` for an integer seed (`init_genrand`).
-    pub(crate) fn new(seed: u32) -> Self {
+    pub fn new(seed: u32) -> Self {
         let mut state = [0u32; N];
         state[0] = seed;
         for i in 1..N {
@@ -38,8 +38,13 @@ impl RandomState {
         self.index = 0;
     }
 
+    /// A uniform integer in `lo..=hi` (`lo ≤ hi`), as NumPy's `randint(lo, hi + 1)`.
+    pub fn integer(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + i64::from(self.interval(u32::try_from(hi - lo).unwrap_or(u32::MAX)))
+    }
+
     /// The next raw 32-bit output.
-    pub(crate) fn next_u32(&mut self) -> u32 {
+    pub fn next_u32(&mut self) -> u32 {
         if self.index >= N {
             self.twist();
         }
@@ -53,7 +58,7 @@ impl RandomState {
 
     /// A uniform integer in `0..=max`: raw outputs masked to the smallest `2^k − 1 ≥ max`,
     /// rejected while above `max` (NumPy's `random_interval` for `max < 2^32`).
-    pub(crate) fn interval(&mut self, max: u32) -> u32 {
+    pub fn interval(&mut self, max: u32) -> u32 {
         if max == 0 {
             return 0;
         }
@@ -68,7 +73,7 @@ impl RandomState {
 
     /// `RandomState.shuffle` of a 1-D sequence: for i from n−1 down to 1, swap with a
     /// uniform j in `0..=i`.
-    pub(crate) fn shuffle<T>(&mut self, items: &mut [T]) {
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
             let j = self.interval(i as u32) as usize;
             items.swap(i, j);
