@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
 
+pub mod augment;
 pub mod crop;
 pub mod dataset;
 mod error;

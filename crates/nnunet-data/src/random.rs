@@ -38,6 +38,23 @@ impl RandomState {
         self.index = 0;
     }
 
+    /// A uniform double in `[0, 1)` from two outputs (NumPy's `random_sample`).
+    pub fn uniform(&mut self) -> f64 {
+        let a = self.next_u32() >> 5;
+        let b = self.next_u32() >> 6;
+        (f64::from(a) * 67_108_864.0 + f64::from(b)) / 9_007_199_254_740_992.0
+    }
+
+    /// A uniform double in `[lo, hi)`.
+    pub fn uniform_in(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.uniform()
+    }
+
+    /// `true` with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        self.uniform() < p
+    }
+
     /// A uniform integer in `lo..=hi` (`lo ≤ hi`), as NumPy's `randint(lo, hi + 1)`.
     pub fn integer(&mut self, lo: i64, hi: i64) -> i64 {
         lo + i64::from(self.interval(u32::try_from(hi - lo).unwrap_or(u32::MAX)))
