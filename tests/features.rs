@@ -1,9 +1,7 @@
 //! `meddino features`: both PNGs from a checkpoint and a slice, and clear refusals.
 
-use std::collections::HashMap;
-
 use candle_nn::{VarBuilder, VarMap};
-use meddino::backbone::candle::{DType, Device, Tensor};
+use meddino::backbone::candle::{DType, Device};
 use meddino::backbone::{Config, DinoVisionTransformer, StateDict};
 
 use crate::util::Dir;
@@ -22,15 +20,7 @@ fn setup(dir: &Dir) {
     let varmap = VarMap::new();
     let model =
         DinoVisionTransformer::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).expect("build");
-    let mut state: HashMap<String, Tensor> = varmap
-        .data()
-        .lock()
-        .expect("varmap")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
-    state.extend(model.buffers().expect("buffers"));
-    StateDict::from_tensors("tiny", state)
+    StateDict::from_varmap("tiny", &varmap, model.buffers().expect("buffers"))
         .save_safetensors(&dir.path().join("tiny.safetensors"))
         .expect("save");
     std::fs::write(dir.path().join("tiny.json"), serde_json::to_string(&cfg).expect("json")).expect("config");

@@ -127,6 +127,21 @@ impl StateDict {
         }
     }
 
+    /// The state of a model built from a `VarMap` (its trainable variables) plus the
+    /// buffers the model computed instead of registering (see
+    /// [`DinoVisionTransformer::buffers`]): what a checkpoint of that model holds.
+    pub fn from_varmap(
+        path: impl Into<PathBuf>,
+        varmap: &candle_nn::VarMap,
+        buffers: impl IntoIterator<Item = (String, Tensor)>,
+    ) -> Self {
+        let data = varmap.data().lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tensors: HashMap<String, Tensor> =
+            data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        tensors.extend(buffers);
+        Self::from_tensors(path, tensors)
+    }
+
     /// The file it came from.
     pub fn path(&self) -> &Path {
         &self.path

@@ -26,14 +26,9 @@ fn model_and_state() -> (DinoVisionTransformer, HashMap<String, Tensor>) {
     let varmap = VarMap::new();
     let model =
         DinoVisionTransformer::new(&tiny(), VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).expect("build");
-    let mut state: HashMap<String, Tensor> = varmap
-        .data()
-        .lock()
-        .expect("varmap")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
-    state.extend(model.buffers().expect("buffers"));
+    let state = StateDict::from_varmap("memory", &varmap, model.buffers().expect("buffers"))
+        .tensors()
+        .clone();
     (model, state)
 }
 
@@ -187,13 +182,8 @@ fn zero_state(cfg: &Config) -> HashMap<String, Tensor> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let model = DinoVisionTransformer::new(cfg, vb).expect("build");
-    let mut state: HashMap<String, Tensor> = varmap
-        .data()
-        .lock()
-        .expect("varmap")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
-    state.extend(model.buffers().expect("buffers"));
+    let state = StateDict::from_varmap("memory", &varmap, model.buffers().expect("buffers"))
+        .tensors()
+        .clone();
     state
 }
