@@ -59,6 +59,9 @@ pub enum Error {
         /// Its value.
         value: u32,
     },
+    /// A checkpoint that does not fit what it is loaded into.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     /// A candle error (model building, forward, backward).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
