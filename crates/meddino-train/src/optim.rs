@@ -43,11 +43,14 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
     Ok(norm)
 }
 
+/// Variables with their state-dict names (optimiser state is kept by name).
+pub type NamedVars = Vec<(String, Var)>;
+
 /// One parameter group of [`GroupedAdamW`]: named variables and their learning rate.
 #[derive(Debug)]
 struct Group {
     name: String,
-    vars: Vec<(String, Var)>,
+    vars: NamedVars,
     initial_lr: f64,
     lr: f64,
 }
@@ -71,7 +74,7 @@ pub struct GroupedAdamW {
 impl GroupedAdamW {
     /// One group per `(name, named vars, learning rate)`, sharing betas, eps 1e-8 and weight
     /// decay.
-    pub fn new(groups: Vec<(String, Vec<(String, Var)>, f64)>, beta1: f64, beta2: f64, weight_decay: f64) -> Self {
+    pub fn new(groups: Vec<(String, NamedVars, f64)>, beta1: f64, beta2: f64, weight_decay: f64) -> Self {
         let groups = groups
             .into_iter()
             .map(|(name, vars, lr)| Group {
