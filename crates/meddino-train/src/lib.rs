@@ -4,8 +4,9 @@
 //!
 //! Landed so far: [`evaluation`] (a folder of predictions → `segmentation_metrics.csv` and
 //! `summary.json`, as MedDINOv3's `compute_metrics.py`), and the training building blocks
-//! [`loss`] (`DC_and_CE_loss`), [`optim`] (grouped AdamW, Nesterov SGD, gradient clipping)
-//! and [`schedule`] (linear and poly learning-rate decay). Precise behaviour:
+//! [`loss`] (`DC_and_CE_loss`), [`optim`] (grouped AdamW with checkpointable state, Nesterov
+//! SGD, gradient clipping), [`schedule`] (linear and poly learning-rate decay) and
+//! [`checkpoint`] (atomic training checkpoints). Precise behaviour:
 //! `shared/spec/meddinov3-reference.md` §4–5 and `shared/spec/nnunet-reference.md` §6–8.
 //!
 //! # Features
@@ -15,6 +16,7 @@
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
 
+pub mod checkpoint;
 mod error;
 pub mod evaluation;
 pub mod loss;
