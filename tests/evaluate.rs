@@ -41,11 +41,7 @@ fn read_csv(path: &Path) -> HashMap<String, HashMap<String, f64>> {
 }
 
 fn expected_number(value: &serde_json::Value) -> f64 {
-    match value {
-        serde_json::Value::Null => f64::NAN,
-        serde_json::Value::String(s) if s == "inf" => f64::INFINITY,
-        other => other.as_f64().unwrap_or_else(|| panic!("not a number: {other}")),
-    }
+    meddino_testutil::json_f64(value).unwrap_or_else(|| panic!("not a number: {value}"))
 }
 
 /// Runs evaluate on the reference metrics folder and checks each CSV cell against

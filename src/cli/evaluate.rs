@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use meddino::data::DatasetJson;
 use meddino::eval::{CaseOptions, ClassSummary, Statistic, SurfaceMethod};
@@ -77,12 +76,7 @@ pub fn run(args: EvaluateArgs) -> anyhow::Result<()> {
         .with_method(args.nsd_method)
         .with_nsd_tolerance_mm(args.nsd_tolerance_mm);
 
-    let mut pool = rayon::ThreadPoolBuilder::new();
-    if let Some(threads) = args.threads {
-        anyhow::ensure!(threads > 0, "--threads must be at least 1");
-        pool = pool.num_threads(threads);
-    }
-    let pool = pool.build().context("cannot start the worker threads")?;
+    let pool = super::thread_pool(args.threads)?;
 
     let bar = ProgressBar::new(0);
     bar.set_style(

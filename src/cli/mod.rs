@@ -126,6 +126,16 @@ impl Command {
     }
 }
 
+/// A worker pool of `threads` threads (one per core when unset), for commands with `--threads`.
+pub(crate) fn thread_pool(threads: Option<usize>) -> anyhow::Result<rayon::ThreadPool> {
+    let mut pool = rayon::ThreadPoolBuilder::new();
+    if let Some(threads) = threads {
+        anyhow::ensure!(threads > 0, "--threads must be at least 1");
+        pool = pool.num_threads(threads);
+    }
+    anyhow::Context::context(pool.build(), "cannot start the worker threads")
+}
+
 /// Sends `tracing` output to stderr at `level`, unless `RUST_LOG` says otherwise.
 pub fn init_logging(level: tracing::Level) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.as_str()));

@@ -90,12 +90,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         "{}: no training cases in imagesTr",
         folder.display()
     );
-    let mut pool = rayon::ThreadPoolBuilder::new();
-    if let Some(threads) = args.threads {
-        anyhow::ensure!(threads > 0, "--threads must be at least 1");
-        pool = pool.num_threads(threads);
-    }
-    let pool = pool.build().context("cannot start the worker threads")?;
+    let pool = super::thread_pool(args.threads)?;
 
     if args.verify {
         let problems = pool.install(|| dataset.verify());

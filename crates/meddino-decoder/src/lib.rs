@@ -39,7 +39,7 @@ pub mod primus;
 pub use candle_core as candle;
 pub use error::{Error, Result};
 pub use meddino_backbone as backbone;
-pub use msda::{ms_deform_attn, MSDeformAttn};
+pub use msda::{level_start_index, ms_deform_attn, MSDeformAttn};
 pub use network::SegmentationNetwork;
 pub use patch_decode::PatchDecode;
 pub use primus::{Interaction, Primus};

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, Var};
 use meddino_decoder::backbone::{Config, RopeDtype, StateDict};
-use meddino_decoder::{ms_deform_attn, Interaction, MSDeformAttn, Primus, SegmentationNetwork};
+use meddino_decoder::{level_start_index, ms_deform_attn, Interaction, MSDeformAttn, Primus, SegmentationNetwork};
 use meddino_testutil::ndarray::ArrayD;
 use meddino_testutil::{assert_tensor_close, reference_or_skip, TensorFile};
 
@@ -34,12 +34,7 @@ fn levels(shapes: &ArrayD<f64>) -> (Vec<(usize, usize)>, Vec<usize>) {
         .outer_iter()
         .map(|row| (row[0] as usize, row[1] as usize))
         .collect();
-    let starts = shapes.iter().scan(0, |total, &(h, w)| {
-        let start = *total;
-        *total += h * w;
-        Some(start)
-    });
-    let starts = starts.collect();
+    let starts = level_start_index(&shapes);
     (shapes, starts)
 }
 

@@ -69,7 +69,7 @@ fn deformable_attention_module_is_differentiable() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     let shapes = [(4, 6), (2, 3)];
-    let starts = [0, 24];
+    let starts = meddino_decoder::level_start_index(&shapes);
     let query = Tensor::randn(0f32, 1.0, (2, 5, 16), &Device::Cpu).expect("query");
     let reference = Tensor::rand(0.1f32, 0.9, (2, 5, 2, 2), &Device::Cpu).expect("reference");
     let input = Tensor::randn(0f32, 1.0, (2, 30, 16), &Device::Cpu).expect("input");

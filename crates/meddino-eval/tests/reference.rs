@@ -3,23 +3,16 @@
 //! folder (see `shared/reference/README.md`), read from the NIfTI files beside it.
 
 use meddino_eval::{evaluate_case, CaseOptions, ClassScores, SurfaceMethod};
-use meddino_testutil::reference_or_skip;
+use meddino_testutil::{json_f64, reference_or_skip};
 use nnunet_data::io::read_label_map;
 use serde_json::Value;
 
 /// MONAI computes in float32; the README quotes 1e-4 relative.
 const TOLERANCE: f64 = 1e-4;
 
-/// `null` → NaN, `"inf"` → +∞, numbers as they are.
+/// The expected value, or a panic naming it.
 fn expected_value(value: &Value, what: &str) -> f64 {
-    match value {
-        Value::Null => f64::NAN,
-        Value::String(s) if s == "inf" => f64::INFINITY,
-        Value::String(s) if s == "-inf" => f64::NEG_INFINITY,
-        other => other
-            .as_f64()
-            .unwrap_or_else(|| panic!("{what}: expected a number, null or \"inf\", got {other}")),
-    }
+    json_f64(value).unwrap_or_else(|| panic!("{what}: expected a number, null or \"inf\", got {value}"))
 }
 
 /// NaN and infinities must match exactly; finite values to `TOLERANCE` relative.

@@ -37,7 +37,7 @@ pub mod reference;
 pub use compare::{assert_close, compare, Comparison};
 #[cfg(feature = "candle")]
 pub use compare::{assert_tensor_close, tensor_to_array};
-pub use load::TensorFile;
+pub use load::{json_f64, TensorFile};
 pub use ndarray;
 pub use reference::{
     default_reference_dir, reference_dir, resolve_reference_dir, workspace_root, ReferenceDir, Resolution,

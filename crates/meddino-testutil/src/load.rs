@@ -206,6 +206,17 @@ fn read_npz_array(npz: &mut NpzReader<File>, name: &str) -> Option<StoredTensor>
     None
 }
 
+/// A number of a reference JSON file where NaN is written `null` and infinities `"inf"` /
+/// `"-inf"` (the convention of `metrics/expected.json`); `None` for anything else.
+pub fn json_f64(value: &serde_json::Value) -> Option<f64> {
+    match value {
+        serde_json::Value::Null => Some(f64::NAN),
+        serde_json::Value::String(s) if s == "inf" => Some(f64::INFINITY),
+        serde_json::Value::String(s) if s == "-inf" => Some(f64::NEG_INFINITY),
+        other => other.as_f64(),
+    }
+}
+
 /// Parses a JSON file.
 ///
 /// # Panics

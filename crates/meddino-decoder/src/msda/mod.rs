@@ -79,12 +79,8 @@ impl Geometry {
                 weights.dims()
             ));
         }
-        let mut starts = Vec::with_capacity(levels);
-        let mut total = 0;
-        for &(h, w) in spatial_shapes {
-            starts.push(total);
-            total += h * w;
-        }
+        let starts = self::level_start_index(spatial_shapes);
+        let total: usize = spatial_shapes.iter().map(|&(h, w)| h * w).sum();
         if total != spatial || starts != level_start_index || spatial_shapes.iter().any(|&(h, w)| h == 0 || w == 0) {
             return fail(format!(
                 "spatial shapes {spatial_shapes:?} and level starts {level_start_index:?} do not describe the {spatial} value rows"
@@ -113,6 +109,19 @@ impl Geometry {
             starts,
         })
     }
+}
+
+/// The first value row of each level: the running sum of `H·W` (what the reference passes
+/// as `level_start_index`).
+pub fn level_start_index(spatial_shapes: &[(usize, usize)]) -> Vec<usize> {
+    spatial_shapes
+        .iter()
+        .scan(0, |total, &(h, w)| {
+            let start = *total;
+            *total += h * w;
+            Some(start)
+        })
+        .collect()
 }
 
 /// The core op: value `[N, S, M, D]`, sampling locations `[N, Lq, M, L, P, 2]` ((x, y) in
