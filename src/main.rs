@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let args = cli::Cli::parse_from(std::env::args_os().map(cli::nnunet_style_flag));
     cli::init_logging(args.verbosity());
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,

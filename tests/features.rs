@@ -85,7 +85,7 @@ fn refuses_what_it_cannot_do() {
         .assert_code(1)
         .stderr()
         .contains("tiny.safetensors"));
-    assert!(run(&["--arch", "vit_tiny"])
+    assert!(run(&["--arch", "vit_enormous"])
         .assert_code(1)
         .stderr()
         .contains("unknown preset"));

@@ -14,3 +14,6 @@ mod features;
 
 // `meddino plan-and-preprocess`: the reference data set as nnU-Net plans it; broken sets.
 mod plan;
+
+// `meddino train`: short runs on the reference phantoms, weights checks, kill and continue.
+mod train;

@@ -1,16 +1,16 @@
 //! `meddino features`: patch features of one CT slice, as a PCA colour map and a
 //! patch-similarity map (the figure of the MedDINOv3 README).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
 use image::imageops::{self, FilterType};
-use image::{ImageBuffer, ImageEncoder, Luma, Rgb, RgbImage};
+use image::{ImageBuffer, Luma, Rgb, RgbImage};
 use meddino::backbone::candle::{Device, Tensor};
 use meddino::backbone::visualize::{cosine_similarity, ct_demo_normalize, pca_rgb};
 use meddino::backbone::{Config, DinoVisionTransformer, StateDict};
-use meddino::data::io::{read_image, write_atomic};
+use meddino::data::io::read_image;
+use meddino::train::plot::save_png;
 
 /// Arguments of `meddino features`.
 #[derive(Debug, clap::Args)]
@@ -246,19 +246,4 @@ fn inferno(t: f32) -> [f32; 3] {
     let i = (t as usize).min(ANCHORS.len() - 2);
     let f = t - i as f32;
     [0, 1, 2].map(|c| ANCHORS[i][c] + (ANCHORS[i + 1][c] - ANCHORS[i][c]) * f)
-}
-
-/// Encodes and writes a PNG atomically.
-fn save_png(path: &Path, image: &RgbImage) -> anyhow::Result<()> {
-    let mut bytes = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut bytes)
-        .write_image(
-            image.as_raw(),
-            image.width(),
-            image.height(),
-            image::ExtendedColorType::Rgb8,
-        )
-        .context("cannot encode PNG")?;
-    write_atomic(path, |out: &mut dyn Write| out.write_all(&bytes))?;
-    Ok(())
 }

@@ -7,8 +7,11 @@
 mod evaluate;
 mod features;
 mod plan;
+mod train;
 
-use anyhow::bail;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
 use clap::{ArgAction, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -73,13 +76,17 @@ enum Command {
         written are skipped unless --overwrite.")]
     PlanAndPreprocess(plan::PlanArgs),
 
-    /// [not implemented yet] Fine-tune a MedDINOv3 / DINOv3 network on a preprocessed data
-    /// set (nnUNetv2_train).
-    #[command(long_about = "[not implemented yet] Fine-tune a MedDINOv3 / DINOv3 segmentation \
-        network on a preprocessed data set, as nnUNetv2_train does with the MedDINOv3 trainers.\
-        \n\nPlanned usage: meddino train DATASET CONFIG FOLD -tr TRAINER [--pretrained PATH] \
-        [--backbone PRESET] [--epochs N] [--iters N] [--device cpu|cuda] [--continue] [--seed S]")]
-    Train(Pending),
+    /// Fine-tune a MedDINOv3 / DINOv3 segmentation network on a preprocessed data set
+    /// (nnUNetv2_train).
+    #[command(
+        long_about = "Fine-tune a MedDINOv3 / DINOv3 segmentation network on a preprocessed \
+        data set, as nnUNetv2_train does with the MedDINOv3 trainers: epochs of training iterations \
+        on augmented 2-D patches (foreground oversampling 0.33), validation iterations with the \
+        pseudo Dice and its EMA, checkpoint_best / checkpoint_latest / checkpoint_final, a training \
+        log and progress.png in $nnUNet_results/DatasetXXX/<trainer>__nnUNetPlans__<config>/fold_<f>/. \
+        --continue resumes from checkpoint_latest after an interruption."
+    )]
+    Train(train::TrainArgs),
 
     /// [not implemented yet] Segment volumes with trained folds, sliding windows and mirroring
     /// (nnUNetv2_predict).
@@ -136,6 +143,40 @@ pub(crate) fn thread_pool(threads: Option<usize>) -> anyhow::Result<rayon::Threa
     anyhow::Context::context(pool.build(), "cannot start the worker threads")
 }
 
+/// The folder of a data set given by id (`1`, `001`, `Dataset001`) or name, under `base`
+/// (the raw, preprocessed or results folder).
+pub(crate) fn find_dataset(base: &Path, wanted: &str) -> anyhow::Result<PathBuf> {
+    let entries = std::fs::read_dir(base).with_context(|| format!("cannot list {}", base.display()))?;
+    let names: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    let by_id = wanted
+        .trim_start_matches("Dataset")
+        .parse::<u32>()
+        .ok()
+        .map(|id| format!("Dataset{id:03}_"));
+    let matches: Vec<&String> = names
+        .iter()
+        .filter(|n| *n == wanted || by_id.as_ref().is_some_and(|prefix| n.starts_with(prefix)))
+        .collect();
+    match matches[..] {
+        [one] => Ok(base.join(one)),
+        [] => bail!(
+            "no data set {wanted:?} in {} (expected a folder DatasetXXX_Name)",
+            base.display()
+        ),
+        _ => bail!("data set {wanted:?} is ambiguous in {}: {matches:?}", base.display()),
+    }
+}
+
+/// nnU-Net's multi-letter single-dash flags (`-tr`), which clap's short options (one letter)
+/// cannot express, rewritten to their long form.
+pub fn nnunet_style_flag(arg: std::ffi::OsString) -> std::ffi::OsString {
+    match arg.to_str() {
+        Some("-tr") => "--tr".into(),
+        Some(other) if other.starts_with("-tr=") => format!("-{other}").into(),
+        _ => arg,
+    }
+}
+
 /// Sends `tracing` output to stderr at `level`, unless `RUST_LOG` says otherwise.
 pub fn init_logging(level: tracing::Level) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.as_str()));
@@ -157,6 +198,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Evaluate(args) => evaluate::run(args),
         Command::PlanAndPreprocess(args) => plan::run(args),
         Command::Features(args) => features::run(args),
+        Command::Train(args) => train::run(args),
         pending => bail!("`meddino {}` is not implemented yet", pending.name()),
     }
 }

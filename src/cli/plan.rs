@@ -1,6 +1,6 @@
 //! `meddino plan-and-preprocess`: nnUNetv2_plan_and_preprocess, plus MedDINOv3's `2d_896`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -52,33 +52,10 @@ pub struct PlanArgs {
     preprocessed: PathBuf,
 }
 
-/// The raw folder of a data set given by id or name.
-fn find_dataset(raw: &Path, wanted: &str) -> anyhow::Result<PathBuf> {
-    let entries = std::fs::read_dir(raw).with_context(|| format!("cannot list the raw folder {}", raw.display()))?;
-    let names: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
-    let by_id = wanted
-        .trim_start_matches("Dataset")
-        .parse::<u32>()
-        .ok()
-        .map(|id| format!("Dataset{id:03}_"));
-    let matches: Vec<&String> = names
-        .iter()
-        .filter(|n| *n == wanted || by_id.as_ref().is_some_and(|prefix| n.starts_with(prefix)))
-        .collect();
-    match matches[..] {
-        [one] => Ok(raw.join(one)),
-        [] => bail!(
-            "no data set {wanted:?} in {} (expected a folder DatasetXXX_Name)",
-            raw.display()
-        ),
-        _ => bail!("data set {wanted:?} is ambiguous in {}: {matches:?}", raw.display()),
-    }
-}
-
 /// Runs `meddino plan-and-preprocess`.
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let start = Instant::now();
-    let folder = find_dataset(&args.raw, &args.dataset)?;
+    let folder = super::find_dataset(&args.raw, &args.dataset)?;
     let name = folder
         .file_name()
         .and_then(|n| n.to_str())

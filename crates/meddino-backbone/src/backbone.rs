@@ -49,6 +49,20 @@ pub trait Backbone: std::fmt::Debug + Send + Sync {
         layers: &LayerSelection,
         options: &IntermediateOptions,
     ) -> Result<Vec<IntermediateLayer>>;
+
+    /// Restarts the generator behind training-mode randomness at `seed` (a backbone without
+    /// any ignores it).
+    fn reseed(&self, _seed: u64) {}
+
+    /// Non-trainable tensors of the state dict that the model computes rather than
+    /// registering as parameters (see [`DinoVisionTransformer::buffers`]).
+    ///
+    /// # Errors
+    ///
+    /// On a device error.
+    fn buffers(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
 }
 
 impl DinoVisionTransformer {
@@ -92,5 +106,13 @@ impl Backbone for DinoVisionTransformer {
         options: &IntermediateOptions,
     ) -> Result<Vec<IntermediateLayer>> {
         DinoVisionTransformer::intermediate_layers(self, xs, layers, options)
+    }
+
+    fn reseed(&self, seed: u64) {
+        DinoVisionTransformer::reseed(self, seed);
+    }
+
+    fn buffers(&self) -> Result<Vec<(String, Tensor)>> {
+        DinoVisionTransformer::buffers(self)
     }
 }

@@ -11,6 +11,7 @@ use crate::ffn::Ffn;
 use crate::layer_scale::LayerScale;
 use crate::norm::Norm;
 use crate::rope::{RopePositionEmbedding, RopeTables};
+use crate::stochastic::StochasticRng;
 
 /// One transformer block.
 #[derive(Debug, Clone)]
@@ -54,22 +55,25 @@ impl SelfAttentionBlock {
         }
     }
 
-    /// `xs`: `[B, N, D]`. In training with a drop-path rate, each branch runs on a random
-    /// subset of `max(⌊B·(1 − r)⌋, 1)` samples and is added back scaled by B / subset.
+    /// `xs`: `[B, N, D]`. In training (`train` gives the generator) with a drop-path rate,
+    /// each branch runs on a random subset of `max(⌊B·(1 − r)⌋, 1)` samples and is added back scaled by B / subset.
     pub(crate) fn forward(
         &self,
         xs: &Tensor,
         rope: Option<(&RopePositionEmbedding, &RopeTables)>,
-        train: bool,
+        train: Option<&StochasticRng>,
     ) -> candle_core::Result<Tensor> {
         let attn = |x: &Tensor| Self::scaled(&self.ls1, self.attn.forward(&self.norm1.forward(x)?, rope)?);
         let ffn = |x: &Tensor| Self::scaled(&self.ls2, self.mlp.forward(&self.norm2.forward(x)?)?);
-        if train && self.drop_path_rate > 0.0 {
-            let xs = drop_add_residual(xs, self.drop_path_rate, attn)?;
-            drop_add_residual(&xs, self.drop_path_rate, ffn)
-        } else {
-            let xs = (xs + attn(xs)?)?;
-            &xs + ffn(&xs)?
+        match train {
+            Some(rng) if self.drop_path_rate > 0.0 => {
+                let xs = drop_add_residual(xs, self.drop_path_rate, rng, attn)?;
+                drop_add_residual(&xs, self.drop_path_rate, rng, ffn)
+            }
+            _ => {
+                let xs = (xs + attn(xs)?)?;
+                &xs + ffn(&xs)?
+            }
         }
     }
 }
@@ -79,6 +83,7 @@ impl SelfAttentionBlock {
 fn drop_add_residual(
     xs: &Tensor,
     rate: f64,
+    rng: &StochasticRng,
     residual: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
 ) -> candle_core::Result<Tensor> {
     let b = xs.dim(0)?;
@@ -86,9 +91,9 @@ fn drop_add_residual(
     if keep == b {
         return xs + residual(xs)?;
     }
-    // A random permutation: the order of uniform draws.
-    let order = Tensor::rand(0f32, 1f32, b, xs.device())?.arg_sort_last_dim(true)?;
-    let subset = order.narrow(0, 0, keep)?;
+    let xs = &xs.contiguous()?; // index_select and index_add need contiguous inputs.
+    let order = rng.permutation(b);
+    let subset = Tensor::new(&order[..keep], xs.device())?;
     let update = (residual(&xs.index_select(&subset, 0)?)? * (b as f64 / keep as f64))?;
     xs.index_add(&subset, &update, 0)
 }

@@ -231,7 +231,14 @@ impl StateDict {
                 .map(|k| format!("unexpected: {k} {:?}", self.tensors[k].dims())),
         );
         if !problems.is_empty() {
-            problems.sort();
+            // Mis-shaped first (they say most about a wrong model size), then missing,
+            // then unexpected; by name within each kind.
+            let kind = |p: &String| {
+                ["wrong shape", "missing", "unexpected"]
+                    .iter()
+                    .position(|k| p.starts_with(k))
+            };
+            problems.sort_by(|a, b| (kind(a), a).cmp(&(kind(b), b)));
             return Err(Error::StateDict {
                 path: self.path.clone(),
                 what: what.to_string(),

@@ -201,6 +201,19 @@ impl Config {
         }
     }
 
+    /// `vit_micro` (ours, not an upstream size): 64 / 4 blocks / 2 heads, about 0.2 M
+    /// parameters. The DINOv3 architecture at a size that trains in minutes on a CPU: for
+    /// smoke runs, tests and the phantom demo.
+    pub fn vit_micro() -> Self {
+        Self::sized(64, 4, 2, 4.0)
+    }
+
+    /// `vit_tiny` (ours, DeiT-Tiny's size): 192 / 12 blocks / 3 heads, about 5.5 M
+    /// parameters; a ViT-B stand-in at a sixteenth of its compute.
+    pub fn vit_tiny() -> Self {
+        Self::sized(192, 12, 3, 4.0)
+    }
+
     /// `vit_small`: 384 / 12 blocks / 6 heads.
     pub fn vit_small() -> Self {
         Self::sized(384, 12, 6, 4.0)
@@ -303,7 +316,9 @@ impl Config {
     }
 
     /// The names [`Config::preset`] accepts.
-    pub const PRESETS: [&'static str; 15] = [
+    pub const PRESETS: [&'static str; 17] = [
+        "vit_micro",
+        "vit_tiny",
         "vit_small",
         "vit_base",
         "vit_large",
@@ -328,6 +343,8 @@ impl Config {
     /// When the name is unknown; the message lists the known ones.
     pub fn preset(name: &str) -> Result<Self> {
         Ok(match name.strip_prefix("dinov3_").unwrap_or(name) {
+            "vit_micro" => Self::vit_micro(),
+            "vit_tiny" => Self::vit_tiny(),
             "vit_small" => Self::vit_small(),
             "vit_base" => Self::vit_base(),
             "vit_large" => Self::vit_large(),
@@ -449,7 +466,7 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         assert!(Config::preset("dinov3_vitb16").is_ok());
-        assert!(Config::preset("vit_tiny")
+        assert!(Config::preset("vit_enormous")
             .expect_err("unknown")
             .to_string()
             .contains("vit_small"));

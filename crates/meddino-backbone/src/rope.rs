@@ -16,6 +16,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::{Config, NormalizeCoords, RopeDtype};
 use crate::error::{Error, Result};
+use crate::stochastic::StochasticRng;
 
 /// sin and cos tables for one grid, `[H·W, head_dim]`, in the RoPE precision.
 #[derive(Debug, Clone)]
@@ -119,10 +120,8 @@ impl RopePositionEmbedding {
 
     /// Draws this forward pass's coordinate augmentation (training only; none configured
     /// for MedDINOv3).
-    pub(crate) fn draw_augment(&self) -> Result<CoordAugment> {
-        let uniform = |lo: f64, hi: f64, n: usize| -> Result<Vec<f32>> {
-            Ok(Tensor::rand(lo as f32, hi as f32, n, &Device::Cpu)?.to_vec1::<f32>()?)
-        };
+    pub(crate) fn draw_augment(&self, rng: &StochasticRng) -> Result<CoordAugment> {
+        let uniform = |lo: f64, hi: f64, n: usize| -> Result<Vec<f32>> { Ok(rng.uniform(lo, hi, n)) };
         let mut augment = CoordAugment::default();
         if let Some(s) = self.shift {
             let v = uniform(-s, s, 2)?;

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::norm::Norm;
 use crate::patch_embed::PatchEmbed;
 use crate::rope::{RopePositionEmbedding, RopeTables};
+use crate::stochastic::StochasticRng;
 
 /// The `forward_features` outputs.
 #[derive(Debug, Clone)]
@@ -107,6 +108,8 @@ pub struct DinoVisionTransformer {
     cls_norm: Option<Norm>,
     /// Only used for local crops in SSL training; kept so checkpoints load strictly.
     _local_cls_norm: Option<Norm>,
+    /// Training-mode randomness (stochastic depth, RoPE augmentation).
+    rng: StochasticRng,
 }
 
 impl DinoVisionTransformer {
@@ -144,12 +147,20 @@ impl DinoVisionTransformer {
             cls_norm: optional_norm(cfg.untie_cls_and_patch_norms, "cls_norm")?,
             _local_cls_norm: optional_norm(cfg.untie_global_and_local_cls_norm, "local_cls_norm")?,
             cfg: cfg.clone(),
+            rng: StochasticRng::default(),
         })
     }
 
     /// The configuration the model was built with.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Restarts the generator behind training-mode randomness (stochastic depth subsets,
+    /// RoPE coordinate augmentation) at `seed`: the same seed and inputs give the same
+    /// training forward pass. Clones share the generator.
+    pub fn reseed(&self, seed: u64) {
+        self.rng.reseed(seed);
     }
 
     /// The RoPE module (periods and tables).
@@ -202,7 +213,7 @@ impl DinoVisionTransformer {
         parts.push(patches);
         let tokens = Tensor::cat(&parts, 1)?;
         let augment = if train {
-            self.rope_embed.draw_augment()?
+            self.rope_embed.draw_augment(&self.rng)?
         } else {
             Default::default()
         };
@@ -246,7 +257,7 @@ impl DinoVisionTransformer {
     pub fn forward_features_t(&self, xs: &Tensor, train: bool) -> Result<Features> {
         let (mut tokens, _, tables) = self.prepare(xs, train)?;
         for block in &self.blocks {
-            tokens = block.forward(&tokens, Some((&self.rope_embed, &tables)), train)?;
+            tokens = block.forward(&tokens, Some((&self.rope_embed, &tables)), train.then_some(&self.rng))?;
         }
         let normed = self.final_norm(&tokens)?;
         let (p, n) = (self.prefix_len(), tokens.dim(1)?);
@@ -284,7 +295,11 @@ impl DinoVisionTransformer {
         let mut collected = Vec::with_capacity(wanted.len());
         let last = wanted.iter().copied().max().map_or(0, |m| m + 1);
         for (i, block) in self.blocks.iter().enumerate().take(last) {
-            tokens = block.forward(&tokens, Some((&self.rope_embed, &tables)), options.train)?;
+            tokens = block.forward(
+                &tokens,
+                Some((&self.rope_embed, &tables)),
+                options.train.then_some(&self.rng),
+            )?;
             if wanted.contains(&i) {
                 collected.push(tokens.clone());
             }

@@ -43,6 +43,21 @@ pub trait SegmentationNetwork: std::fmt::Debug + Send + Sync {
     /// H and W must be multiples of this.
     fn input_multiple(&self) -> usize;
 
+    /// Restarts the generator behind training-mode randomness (stochastic depth, dropout)
+    /// at `seed`, so a seeded training step repeats exactly. Networks without any ignore it.
+    fn reseed(&self, _seed: u64) {}
+
+    /// Tensors of the state dict that are not trainable variables (computed buffers such as
+    /// the RoPE periods), with their state-dict names: a checkpoint holds the variables and
+    /// these, so it loads strictly.
+    ///
+    /// # Errors
+    ///
+    /// On a device error.
+    fn buffers(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+
     /// Eval-mode forward.
     ///
     /// # Errors

@@ -180,4 +180,17 @@ impl<B: Backbone> SegmentationNetwork for Primus<B> {
     fn input_multiple(&self) -> usize {
         self.dino_encoder.patch_size()
     }
+
+    fn reseed(&self, seed: u64) {
+        self.dino_encoder.reseed(seed);
+    }
+
+    fn buffers(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(self
+            .dino_encoder
+            .buffers()?
+            .into_iter()
+            .map(|(name, t)| (format!("{}{name}", meddino_backbone::checkpoint::ENCODER_PREFIX), t))
+            .collect())
+    }
 }

@@ -31,6 +31,10 @@ pub struct CheckpointMeta {
     pub best_ema_pseudo_dice: Option<f64>,
     /// Per-epoch logs (losses, pseudo Dice, learning rates, times), as JSON.
     pub logs: serde_json::Value,
+    /// What rebuilding the network needs (nnU-Net's `init_args`): plans, dataset.json,
+    /// backbone configuration, number of classes, mirroring axes, seed.
+    #[serde(default)]
+    pub init: serde_json::Value,
 }
 
 /// A checkpoint in memory.
@@ -145,7 +149,9 @@ mod tests {
                 current_epoch: 3,
                 optimizer_steps: 750,
                 best_ema_pseudo_dice: Some(0.41),
-                logs: serde_json::json!({"train_losses": [-0.1, -0.2, -0.3]}),
+                // Many awkward doubles: a resumed run needs them back bit for bit.
+                logs: serde_json::json!({"ema_fg_dice": (1..2000).map(|i| f64::from(i).sqrt() / 7.3 - 0.3).collect::<Vec<_>>()}),
+                init: serde_json::json!({"num_classes": 4}),
             },
         };
         checkpoint.save(&path).expect("save");

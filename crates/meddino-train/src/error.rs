@@ -62,6 +62,24 @@ pub enum Error {
     /// A checkpoint that does not fit what it is loaded into.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// The batch loader failed.
+    #[error("data loader: {0}")]
+    Loader(String),
+    /// A training setup that cannot run (unknown trainer, missing weights, bad options).
+    #[error("{0}")]
+    Setup(String),
+    /// A file of the training output could not be written.
+    #[error("{}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The network failed (bad input shape, build error).
+    #[error(transparent)]
+    Network(#[from] meddino_decoder::Error),
     /// A candle error (model building, forward, backward).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -19,12 +19,20 @@
 pub mod checkpoint;
 mod error;
 pub mod evaluation;
+pub mod init;
+pub mod loader;
+pub mod logs;
 pub mod loss;
 pub mod optim;
+pub mod plot;
 pub mod schedule;
+pub mod trainer;
+pub mod trainers;
 
 pub use candle_core as candle;
 pub use error::{Error, Result};
 pub use meddino_decoder as decoder;
 pub use meddino_eval as eval;
 pub use nnunet_data as data;
+pub use trainer::{TrainOptions, Trainer, TrainingObserver};
+pub use trainers::{TrainerRegistry, TrainerSpec};

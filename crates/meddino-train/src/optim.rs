@@ -9,6 +9,8 @@
 //!   `torch.nn.utils.clip_grad_norm_`.
 
 use candle_core::backprop::GradStore;
+use std::collections::HashMap;
+
 use candle_core::{Tensor, Var};
 
 use crate::error::Result;
@@ -43,6 +45,36 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
     Ok(norm)
 }
 
+/// What the training loop needs of an optimiser: an update, per-epoch learning-rate
+/// scaling, and a state that can be checkpointed and restored exactly.
+pub trait Optimizer: std::fmt::Debug + Send {
+    /// One update of every parameter that has a gradient.
+    ///
+    /// # Errors
+    ///
+    /// On a candle error.
+    fn step(&mut self, grads: &GradStore) -> Result<()>;
+
+    /// Sets every group's learning rate to its initial one times `factor` (schedules).
+    fn scale_learning_rates(&mut self, factor: f64);
+
+    /// Current learning rate per group.
+    fn learning_rates(&self) -> Vec<(String, f64)>;
+
+    /// Updates taken so far.
+    fn steps(&self) -> usize;
+
+    /// The state as named tensors and the step count, for a checkpoint.
+    fn state(&self) -> (HashMap<String, Tensor>, usize);
+
+    /// Restores a state saved by [`Optimizer::state`].
+    ///
+    /// # Errors
+    ///
+    /// When a parameter's state is missing or has the wrong shape (named).
+    fn load_state(&mut self, tensors: &HashMap<String, Tensor>, steps: usize) -> Result<()>;
+}
+
 /// Variables with their state-dict names (optimiser state is kept by name).
 pub type NamedVars = Vec<(String, Var)>;
 
@@ -68,7 +100,7 @@ pub struct GroupedAdamW {
     weight_decay: f64,
     steps: usize,
     /// First and second moments by parameter name.
-    moments: std::collections::HashMap<String, (Tensor, Tensor)>,
+    moments: HashMap<String, (Tensor, Tensor)>,
 }
 
 impl GroupedAdamW {
@@ -112,13 +144,10 @@ impl GroupedAdamW {
             0.05,
         )
     }
+}
 
-    /// One update of every parameter that has a gradient.
-    ///
-    /// # Errors
-    ///
-    /// On a candle error.
-    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+impl Optimizer for GroupedAdamW {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.steps += 1;
         let t = self.steps as i32;
         let (b1, b2) = (self.beta1, self.beta2);
@@ -143,27 +172,22 @@ impl GroupedAdamW {
         Ok(())
     }
 
-    /// Sets every group's learning rate to its initial one times `factor` (schedules).
-    pub fn scale_learning_rates(&mut self, factor: f64) {
+    fn scale_learning_rates(&mut self, factor: f64) {
         for group in &mut self.groups {
             group.lr = group.initial_lr * factor;
         }
     }
 
-    /// Current learning rate per group.
-    pub fn learning_rates(&self) -> Vec<(String, f64)> {
+    fn learning_rates(&self) -> Vec<(String, f64)> {
         self.groups.iter().map(|g| (g.name.clone(), g.lr)).collect()
     }
 
-    /// Updates taken so far.
-    pub fn steps(&self) -> usize {
+    fn steps(&self) -> usize {
         self.steps
     }
 
-    /// The optimiser state as named tensors (`m.<param>`, `v.<param>`) and the step count,
-    /// for a checkpoint.
-    pub fn state(&self) -> (std::collections::HashMap<String, Tensor>, usize) {
-        let mut tensors = std::collections::HashMap::new();
+    fn state(&self) -> (HashMap<String, Tensor>, usize) {
+        let mut tensors = HashMap::new();
         for (name, (m, v)) in &self.moments {
             let _ = tensors.insert(format!("m.{name}"), m.clone());
             let _ = tensors.insert(format!("v.{name}"), v.clone());
@@ -171,26 +195,27 @@ impl GroupedAdamW {
         (tensors, self.steps)
     }
 
-    /// Restores a state saved by [`Self::state`].
-    ///
-    /// # Errors
-    ///
-    /// When a parameter's moments are missing or a tensor has the wrong shape (named).
-    pub fn load_state(&mut self, tensors: &std::collections::HashMap<String, Tensor>, steps: usize) -> Result<()> {
-        let mut moments = std::collections::HashMap::new();
+    fn load_state(&mut self, tensors: &HashMap<String, Tensor>, steps: usize) -> Result<()> {
+        let names: std::collections::HashSet<&str> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.vars.iter().map(|(name, _)| name.as_str()))
+            .collect();
+        check_known(tensors, |key| {
+            key.strip_prefix("m.")
+                .or_else(|| key.strip_prefix("v."))
+                .is_some_and(|name| names.contains(name))
+        })?;
+        let mut moments = HashMap::new();
         for group in &self.groups {
             for (name, var) in &group.vars {
                 match (tensors.get(&format!("m.{name}")), tensors.get(&format!("v.{name}"))) {
                     (Some(m), Some(v)) if m.shape() == var.shape() && v.shape() == var.shape() => {
                         let _ = moments.insert(name.clone(), (m.to_device(var.device())?, v.to_device(var.device())?));
                     }
-                    (None, None) if steps == 0 => {}
-                    _ => {
-                        return Err(crate::Error::Checkpoint(format!(
-                            "optimizer state for {name} is missing or does not have shape {:?}",
-                            var.dims()
-                        )))
-                    }
+                    // A parameter that never had a gradient has no moments (as in PyTorch).
+                    (None, None) => {}
+                    _ => return Err(missing_state(name, var)),
                 }
             }
         }
@@ -201,52 +226,113 @@ impl GroupedAdamW {
 }
 
 /// SGD with Nesterov momentum and L2 weight decay, PyTorch's rule:
-/// `g ← g + wd·p; b ← μ·b + g; p ← p − lr·(g + μ·b)`.
+/// `g ← g + wd·p; b ← μ·b + g; p ← p − lr·(g + μ·b)`. Momentum buffers are kept by
+/// parameter name, so the state can be checkpointed like [`GroupedAdamW`]'s.
 #[derive(Debug)]
 pub struct NesterovSgd {
-    vars: Vec<(Var, Option<Tensor>)>,
+    vars: NamedVars,
+    initial_lr: f64,
     lr: f64,
     momentum: f64,
     weight_decay: f64,
+    steps: usize,
+    buffers: HashMap<String, Tensor>,
 }
 
 impl NesterovSgd {
     /// nnU-Net's defaults are `momentum = 0.99`, `weight_decay = 3e-5`, `lr = 1e-2`.
-    pub fn new(vars: Vec<Var>, lr: f64, momentum: f64, weight_decay: f64) -> Self {
+    pub fn new(vars: NamedVars, lr: f64, momentum: f64, weight_decay: f64) -> Self {
         Self {
-            vars: vars.into_iter().map(|v| (v, None)).collect(),
+            vars,
+            initial_lr: lr,
             lr,
             momentum,
             weight_decay,
+            steps: 0,
+            buffers: HashMap::new(),
         }
     }
+}
 
-    /// Sets the learning rate.
-    pub fn set_learning_rate(&mut self, lr: f64) {
-        self.lr = lr;
-    }
-
-    /// One update.
-    ///
-    /// # Errors
-    ///
-    /// On a candle error.
-    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
-        for (var, buffer) in &mut self.vars {
+impl Optimizer for NesterovSgd {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.steps += 1;
+        for (name, var) in &self.vars {
             let Some(grad) = grads.get(var.as_tensor()) else {
                 continue;
             };
             let grad = (grad + (var.as_tensor() * self.weight_decay)?)?;
-            let next = match buffer.take() {
+            let next = match self.buffers.remove(name) {
                 Some(b) => ((b * self.momentum)? + &grad)?,
                 None => grad.clone(),
             };
             let update = (&grad + (&next * self.momentum)?)?;
             var.set(&(var.as_tensor() - (update * self.lr)?)?)?;
-            *buffer = Some(next);
+            let _ = self.buffers.insert(name.clone(), next);
         }
         Ok(())
     }
+
+    fn scale_learning_rates(&mut self, factor: f64) {
+        self.lr = self.initial_lr * factor;
+    }
+
+    fn learning_rates(&self) -> Vec<(String, f64)> {
+        vec![("all".into(), self.lr)]
+    }
+
+    fn steps(&self) -> usize {
+        self.steps
+    }
+
+    fn state(&self) -> (HashMap<String, Tensor>, usize) {
+        let tensors = self
+            .buffers
+            .iter()
+            .map(|(name, b)| (format!("momentum.{name}"), b.clone()))
+            .collect();
+        (tensors, self.steps)
+    }
+
+    fn load_state(&mut self, tensors: &HashMap<String, Tensor>, steps: usize) -> Result<()> {
+        let names: std::collections::HashSet<&str> = self.vars.iter().map(|(name, _)| name.as_str()).collect();
+        check_known(tensors, |key| {
+            key.strip_prefix("momentum.").is_some_and(|name| names.contains(name))
+        })?;
+        let mut buffers = HashMap::new();
+        for (name, var) in &self.vars {
+            match tensors.get(&format!("momentum.{name}")) {
+                Some(b) if b.shape() == var.shape() => {
+                    let _ = buffers.insert(name.clone(), b.to_device(var.device())?);
+                }
+                None => {} // Never had a gradient.
+                _ => return Err(missing_state(name, var)),
+            }
+        }
+        self.buffers = buffers;
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+/// Refuses state entries that name no parameter (a checkpoint of another network).
+fn check_known(tensors: &HashMap<String, Tensor>, known: impl Fn(&str) -> bool) -> Result<()> {
+    let mut unknown: Vec<&String> = tensors.keys().filter(|k| !known(k)).collect();
+    unknown.sort();
+    match unknown.first() {
+        None => Ok(()),
+        Some(first) => Err(crate::Error::Checkpoint(format!(
+            "optimizer state entry {first} (and {} more) names no parameter of the network",
+            unknown.len() - 1
+        ))),
+    }
+}
+
+fn missing_state(name: &str, var: &Var) -> crate::Error {
+    crate::Error::Checkpoint(format!(
+        "optimizer state for {name} is missing or does not have shape {:?}",
+        var.dims()
+    ))
 }
 
 #[cfg(test)]
@@ -363,15 +449,15 @@ mod tests {
         );
         assert!(wrong
             .load_state(&state, steps)
-            .expect_err("missing")
+            .expect_err("another network's state")
             .to_string()
-            .contains('q'));
+            .contains("m.p"));
     }
 
     #[test]
     fn nesterov_sgd_follows_pytorch() {
         let p = Var::new(&[1f32], &Device::Cpu).expect("p");
-        let mut sgd = NesterovSgd::new(vec![p.clone()], 0.1, 0.9, 0.0);
+        let mut sgd = NesterovSgd::new(vec![("p".into(), p.clone())], 0.1, 0.9, 0.0);
         // Loss 2p: gradient 2 each step. Step 1: b = 2, p -= 0.1·(2 + 0.9·2) = 0.38.
         for expected in [0.62f32, 0.62 - 0.1 * (2.0 + 0.9 * (0.9 * 2.0 + 2.0))] {
             let loss = (p.as_tensor() * 2.0).and_then(|t| t.sum_all()).expect("loss");

@@ -68,6 +68,14 @@ pub enum Error {
         /// Shapes and spacings of both.
         detail: String,
     },
+    /// A preprocessed case that cannot be used.
+    #[error("{}: {message}", path.display())]
+    Preprocessed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// Plans that cannot be used (missing or circular configurations).
     #[error("plans: {0}")]
     Plan(String),

@@ -14,6 +14,7 @@
 #![deny(missing_debug_implementations)]
 
 pub mod augment;
+pub mod batch;
 pub mod crop;
 pub mod dataset;
 mod error;

@@ -104,3 +104,145 @@ mod tests {
         assert_eq!(class_locations(&seg, &[1])[0].1.len(), 12_000);
     }
 }
+
+/// An `.npy` array of a preprocessed case: memory-mapped when its layout allows (C order,
+/// native endianness, aligned), so that data sets larger than memory train, else read.
+#[derive(Debug)]
+enum NpyArray<A> {
+    Mapped(memmap2::Mmap),
+    Owned(Array4<A>),
+}
+
+impl<A: ndarray_npy::ReadableElement + ndarray_npy::ViewElement> NpyArray<A> {
+    fn open(path: &Path) -> Result<Self> {
+        let fail = |message: String| Error::Preprocessed {
+            path: path.to_path_buf(),
+            message,
+        };
+        let file = std::fs::File::open(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // SAFETY: the map is read-only; preprocessed files are written once (to a temporary
+        // name, then renamed) and never modified in place, so the mapped bytes do not change
+        // underneath us unless another program rewrites the file, as with any mmap reader.
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| fail(format!("cannot map: {e}")))?;
+        if <ndarray::ArrayView4<'_, A> as ndarray_npy::ViewNpyExt>::view_npy(&map).is_ok() {
+            return Ok(Self::Mapped(map));
+        }
+        let array = <Array4<A> as ndarray_npy::ReadNpyExt>::read_npy(std::io::Cursor::new(&map[..]))
+            .map_err(|e| fail(format!("not a 4-D .npy array of the expected type: {e}")))?;
+        Ok(Self::Owned(array))
+    }
+
+    /// The array; `path` names it in the (unexpected) error of a map that no longer parses.
+    fn view(&self, path: impl FnOnce() -> std::path::PathBuf) -> Result<ndarray::ArrayView4<'_, A>> {
+        match self {
+            Self::Mapped(map) => <ndarray::ArrayView4<'_, A> as ndarray_npy::ViewNpyExt>::view_npy(map).map_err(|e| {
+                Error::Preprocessed {
+                    path: path(),
+                    message: format!("changed while in use: {e}"),
+                }
+            }),
+            Self::Owned(array) => Ok(array.view()),
+        }
+    }
+}
+
+/// A preprocessed training case as the data loader reads it.
+#[derive(Debug)]
+pub struct PreprocessedCase {
+    /// Case identifier.
+    pub id: String,
+    folder: std::path::PathBuf,
+    data: NpyArray<f32>,
+    seg: NpyArray<i16>,
+    /// The foreground classes with stored locations, ascending.
+    pub classes: Vec<i16>,
+    /// Stored foreground locations (`[0, z, y, x]`) of each of [`Self::classes`].
+    pub class_locations: Vec<Vec<[usize; 4]>>,
+    /// The case's properties (geometry before and after preprocessing).
+    pub properties: super::CaseProperties,
+}
+
+impl PreprocessedCase {
+    /// Opens a case written by [`write_case`]: `{id}.npy`, `{id}_seg.npy` and `{id}.json` in
+    /// `folder`.
+    ///
+    /// # Errors
+    ///
+    /// When a file is missing or malformed, or data and segmentation disagree in shape; the
+    /// error names the file.
+    pub fn open(folder: &Path, id: &str) -> Result<Self> {
+        let json_path = folder.join(format!("{id}.json"));
+        let text = std::fs::read_to_string(&json_path).map_err(|source| Error::Io {
+            path: json_path.clone(),
+            source,
+        })?;
+        let json_error = |message: String| Error::Json {
+            path: json_path.clone(),
+            message,
+        };
+        let value: Value = serde_json::from_str(&text).map_err(|e| json_error(e.to_string()))?;
+        let properties: super::CaseProperties =
+            serde_json::from_value(value.clone()).map_err(|e| json_error(format!("properties: {e}")))?;
+        let mut class_locations = Vec::new();
+        if let Some(map) = value.get("class_locations").and_then(Value::as_object) {
+            for (class, list) in map {
+                let class: i16 = class
+                    .parse()
+                    .map_err(|_| json_error(format!("class_locations: {class:?} is not a label")))?;
+                let list: Vec<[usize; 4]> = serde_json::from_value(list.clone())
+                    .map_err(|e| json_error(format!("class_locations[{class}]: {e}")))?;
+                class_locations.push((class, list));
+            }
+        }
+        class_locations.sort_by_key(|(class, _)| *class);
+        let data_path = folder.join(format!("{id}.npy"));
+        let seg_path = folder.join(format!("{id}_seg.npy"));
+        let case = Self {
+            id: id.to_string(),
+            folder: folder.to_path_buf(),
+            data: NpyArray::open(&data_path)?,
+            seg: NpyArray::open(&seg_path)?,
+            classes: class_locations.iter().map(|(c, _)| *c).collect(),
+            class_locations: class_locations.into_iter().map(|(_, l)| l).collect(),
+            properties,
+        };
+        let (data, seg) = (case.data()?.dim(), case.seg()?.dim());
+        if (data.1, data.2, data.3) != (seg.1, seg.2, seg.3) || seg.0 != 1 {
+            return Err(Error::Preprocessed {
+                path: seg_path,
+                message: format!("segmentation shape {seg:?} does not fit data shape {data:?} (expected (1, Z, Y, X))"),
+            });
+        }
+        let shape = [data.1, data.2, data.3];
+        for (class, list) in case.classes.iter().zip(&case.class_locations) {
+            if let Some(bad) = list.iter().find(|l| (0..3).any(|a| l[a + 1] >= shape[a])) {
+                return Err(json_error(format!(
+                    "class_locations[{class}]: {bad:?} lies outside the case's shape {shape:?}"
+                )));
+            }
+        }
+        Ok(case)
+    }
+
+    /// Image data (C, Z, Y, X).
+    ///
+    /// # Errors
+    ///
+    /// Only when the memory-mapped file was rewritten by another program since it was opened.
+    pub fn data(&self) -> Result<ndarray::ArrayView4<'_, f32>> {
+        self.data.view(|| self.folder.join(format!("{}.npy", self.id)))
+    }
+
+    /// Segmentation (1, Z, Y, X); −1 outside the nonzero region where nnU-Net marks it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::data`].
+    pub fn seg(&self) -> Result<ndarray::ArrayView4<'_, i16>> {
+        self.seg.view(|| self.folder.join(format!("{}_seg.npy", self.id)))
+    }
+}

@@ -1,0 +1,902 @@
+//! nnU-Net's training loop with a registered trainer (`shared/spec/nnunet-reference.md` §6,
+//! `meddinov3-reference.md` §4): epochs of training iterations on augmented batches,
+//! validation iterations computing the pseudo Dice and its EMA, `checkpoint_best` /
+//! `checkpoint_latest` / `checkpoint_final`, the training log and `progress.png`, and
+//! `--continue` from the latest checkpoint.
+//!
+//! Output, as nnU-Net places it: `<results>/<Dataset>/<trainer>__<plans>__<configuration>/`
+//! holds `plans.json`, `dataset.json` and `dataset_fingerprint.json`; its `fold_<f>/` holds
+//! the checkpoints (`checkpoint_*.safetensors`), `training_log_*.txt`, `progress.png` and
+//! `debug.json`.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use meddino_backbone::{Config, StateDict};
+use meddino_decoder::SegmentationNetwork;
+use nnunet_data::augment::Augmentation2d;
+use nnunet_data::batch::{Batch2d, BatchSampler2d};
+use nnunet_data::preprocess::store::PreprocessedCase;
+use nnunet_data::split::{crossval_split, read_splits, write_splits, SPLIT_SEED};
+use nnunet_data::{DatasetJson, LabelValue, Plans};
+use serde_json::{json, Map, Value};
+
+use crate::checkpoint::{CheckpointMeta, TrainingCheckpoint};
+use crate::error::{Error, Result};
+use crate::init::seeded_var_builder;
+use crate::loader::{step_seed, BatchLoader, Phase};
+use crate::logs::{PseudoDice, TrainingLogs};
+use crate::loss::{dice_and_ce_loss, DiceReduction};
+use crate::optim::{clip_grad_norm, GroupedAdamW, NamedVars, NesterovSgd, Optimizer};
+use crate::plot::{render_progress, save_png};
+use crate::trainers::{NetworkRequest, OptimizerSpec, PretrainedWeights, TrainerSpec};
+
+/// The checkpoint written after every epoch (removed once training finishes).
+pub const CHECKPOINT_LATEST: &str = "checkpoint_latest.safetensors";
+/// The checkpoint of the best EMA pseudo Dice.
+pub const CHECKPOINT_BEST: &str = "checkpoint_best.safetensors";
+/// The checkpoint at the end of training.
+pub const CHECKPOINT_FINAL: &str = "checkpoint_final.safetensors";
+
+/// nnU-Net's gradient-norm cap.
+const MAX_GRAD_NORM: f64 = 12.0;
+
+/// Everything `meddino train` decides.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// The data set's folder in `nnUNet_preprocessed`.
+    pub preprocessed: PathBuf,
+    /// Plans identifier (`nnUNetPlans`).
+    pub plans: String,
+    /// Configuration (`2d`, `2d_896`, …).
+    pub configuration: String,
+    /// Fold: `0`…`4` (splits_final.json), or `all` (train and validate on every case).
+    pub fold: String,
+    /// The trainer.
+    pub trainer: TrainerSpec,
+    /// The data set's folder in `nnUNet_results` (the trainer folder is made inside).
+    pub results: PathBuf,
+    /// Another backbone size preset than the trainer's.
+    pub backbone: Option<String>,
+    /// Pretrained backbone weights.
+    pub pretrained: Option<PathBuf>,
+    /// Epochs (nnU-Net: 1000).
+    pub epochs: usize,
+    /// Training iterations per epoch (250).
+    pub iterations: usize,
+    /// Validation iterations per epoch (50).
+    pub val_iterations: usize,
+    /// Batch size instead of the plans'.
+    pub batch_size: Option<usize>,
+    /// Seed of initialisation, batches and stochastic depth.
+    pub seed: u64,
+    /// Where the network runs.
+    pub device: Device,
+    /// Batch-building threads.
+    pub workers: usize,
+    /// Resume from `checkpoint_latest` when there is one.
+    pub resume: bool,
+}
+
+impl TrainOptions {
+    /// nnU-Net's defaults for `trainer` on a data set: 1000 × 250 iterations, 50 validation
+    /// iterations, seed 0, CPU, two loader threads.
+    pub fn new(preprocessed: PathBuf, results: PathBuf, configuration: &str, fold: &str, trainer: TrainerSpec) -> Self {
+        Self {
+            preprocessed,
+            plans: "nnUNetPlans".into(),
+            configuration: configuration.into(),
+            fold: fold.into(),
+            trainer,
+            results,
+            backbone: None,
+            pretrained: None,
+            epochs: 1000,
+            iterations: 250,
+            val_iterations: 50,
+            batch_size: None,
+            seed: 0,
+            device: Device::Cpu,
+            workers: 2,
+            resume: false,
+        }
+    }
+
+    /// `<results>/<trainer>__<plans>__<configuration>`.
+    pub fn trainer_folder(&self) -> PathBuf {
+        self.results
+            .join(format!("{}__{}__{}", self.trainer.name, self.plans, self.configuration))
+    }
+
+    /// `<trainer folder>/fold_<fold>`.
+    pub fn fold_folder(&self) -> PathBuf {
+        self.trainer_folder().join(format!("fold_{}", self.fold))
+    }
+}
+
+/// One finished epoch, as reported to observers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochSummary {
+    /// 0-based epoch.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Mean validation loss.
+    pub val_loss: f64,
+    /// Pseudo Dice per foreground class.
+    pub pseudo_dice: Vec<f64>,
+    /// Its EMA.
+    pub ema: f64,
+    /// Whether the EMA improved (and `checkpoint_best` was written).
+    pub new_best: bool,
+    /// Seconds the epoch took.
+    pub seconds: f64,
+}
+
+/// Progress callbacks (a progress bar in the CLI). Log lines also go to the log file.
+pub trait TrainingObserver {
+    /// An epoch begins with `iterations` training iterations.
+    fn epoch_started(&self, _epoch: usize, _epochs: usize, _iterations: usize) {}
+    /// One training iteration finished with this loss.
+    fn iteration(&self, _loss: f64) {}
+    /// A log line (also written to the training log).
+    fn log(&self, _line: &str) {}
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Silent;
+
+impl TrainingObserver for Silent {}
+
+/// The plans entries training needs.
+#[derive(Debug, Clone)]
+struct PlansConfiguration {
+    patch: [usize; 2],
+    batch_size: usize,
+    batch_dice: bool,
+    data_identifier: String,
+    mask_image: bool,
+    values: Map<String, Value>,
+}
+
+impl PlansConfiguration {
+    fn read(plans: &Plans, name: &str, path: &Path) -> Result<Self> {
+        let values = plans.configuration(name)?;
+        let fail = |message: String| Error::Setup(format!("{}: configuration {name:?}: {message}", path.display()));
+        let patch: Vec<usize> = values
+            .get("patch_size")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .ok_or_else(|| fail("no patch_size".into()))?;
+        let patch: [usize; 2] = patch.try_into().map_err(|p: Vec<usize>| {
+            fail(format!(
+                "patch_size {p:?} is not 2-D; only 2-D configurations train here"
+            ))
+        })?;
+        let batch_size = values
+            .get("batch_size")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| fail("no batch_size".into()))? as usize;
+        let data_identifier = values
+            .get("data_identifier")
+            .and_then(Value::as_str)
+            .ok_or_else(|| fail("no data_identifier".into()))?
+            .to_string();
+        let mask_image = values
+            .get("use_mask_for_norm")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|v| v.as_bool() == Some(true)));
+        Ok(Self {
+            patch,
+            batch_size,
+            batch_dice: values.get("batch_dice").and_then(Value::as_bool).unwrap_or(true),
+            data_identifier,
+            mask_image,
+            values,
+        })
+    }
+}
+
+/// The fold's training and validation case ids, creating `splits_final.json` (5 folds,
+/// nnU-Net's seed) when the data set has none.
+fn fold_cases(preprocessed: &Path, data_folder: &Path, fold: &str) -> Result<(Vec<String>, Vec<String>)> {
+    let mut ids: Vec<String> = std::fs::read_dir(data_folder)
+        .map_err(|source| Error::ListFolder {
+            path: data_folder.to_path_buf(),
+            source,
+        })?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".json").map(str::to_string)
+        })
+        .collect();
+    ids.sort();
+    if ids.is_empty() {
+        return Err(Error::Setup(format!(
+            "{}: no preprocessed cases (run `meddino plan-and-preprocess` first)",
+            data_folder.display()
+        )));
+    }
+    if fold == "all" {
+        return Ok((ids.clone(), ids));
+    }
+    let index: usize = fold
+        .parse()
+        .map_err(|_| Error::Setup(format!("fold must be a number or `all`, not {fold:?}")))?;
+    let path = preprocessed.join("splits_final.json");
+    let folds = if path.is_file() {
+        read_splits(&path)?
+    } else {
+        let folds = crossval_split(&ids, SPLIT_SEED, 5)?;
+        write_splits(&path, &folds)?;
+        folds
+    };
+    let chosen = folds.get(index).ok_or_else(|| {
+        Error::Setup(format!(
+            "{}: no fold {index} (the file has {})",
+            path.display(),
+            folds.len()
+        ))
+    })?;
+    if let Some(missing) = chosen.train.iter().chain(&chosen.val).find(|id| !ids.contains(id)) {
+        return Err(Error::Setup(format!(
+            "{}: case {missing:?} of fold {index} is not in {}",
+            path.display(),
+            data_folder.display()
+        )));
+    }
+    Ok((chosen.train.clone(), chosen.val.clone()))
+}
+
+fn open_cases(folder: &Path, ids: &[String]) -> Result<Arc<Vec<PreprocessedCase>>> {
+    let cases = ids
+        .iter()
+        .map(|id| PreprocessedCase::open(folder, id))
+        .collect::<nnunet_data::Result<Vec<_>>>()?;
+    Ok(Arc::new(cases))
+}
+
+fn now_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Variables of a VarMap by name, sorted (a stable order for optimiser groups and clipping).
+fn named_vars(varmap: &VarMap) -> NamedVars {
+    let data = varmap.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut vars: NamedVars = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+fn build_optimizer(spec: OptimizerSpec, vars: &NamedVars) -> Box<dyn Optimizer> {
+    match spec {
+        OptimizerSpec::AdamW {
+            decoder_lr,
+            encoder_lr,
+            weight_decay,
+            betas,
+        } => {
+            let (encoder, decoder): (NamedVars, NamedVars) = vars
+                .iter()
+                .cloned()
+                .partition(|(name, _)| name.starts_with(meddino_backbone::checkpoint::ENCODER_PREFIX));
+            Box::new(GroupedAdamW::new(
+                vec![
+                    ("decoder".into(), decoder, decoder_lr),
+                    ("encoder".into(), encoder, encoder_lr),
+                ],
+                betas.0,
+                betas.1,
+                weight_decay,
+            ))
+        }
+        OptimizerSpec::Sgd {
+            lr,
+            momentum,
+            weight_decay,
+        } => Box::new(NesterovSgd::new(vars.clone(), lr, momentum, weight_decay)),
+    }
+}
+
+/// Copies pretrained backbone weights into the network's `dino_encoder.*` variables.
+/// Strict: every backbone variable must be in the file and nothing else may be (buffers the
+/// model computes excepted); otherwise tensors the backbone lacks are skipped and listed.
+/// Mis-shaped tensors are refused either way. Returns the names of skipped tensors.
+fn load_pretrained(
+    vars: &NamedVars,
+    buffers: &[String],
+    cfg: &Config,
+    path: &Path,
+    strict: bool,
+) -> Result<Vec<String>> {
+    let state = StateDict::read(path)
+        .map_err(|e| Error::Setup(format!("--pretrained: {e}")))?
+        .backbone();
+    if strict {
+        // The strict loader reports every missing, mis-shaped and unexpected tensor at once.
+        let _ = state
+            .load_strict("backbone", DType::F32, &Device::Cpu, |vb| {
+                meddino_backbone::DinoVisionTransformer::new(cfg, vb)
+            })
+            .map_err(|e| Error::Setup(format!("--pretrained does not fit the backbone {}: {e}", describe(cfg))))?;
+    }
+    let encoder: HashMap<&str, &Var> = vars
+        .iter()
+        .filter_map(|(name, var)| {
+            name.strip_prefix(meddino_backbone::checkpoint::ENCODER_PREFIX)
+                .map(|n| (n, var))
+        })
+        .collect();
+    let mut skipped = Vec::new();
+    let mut problems = Vec::new();
+    for (name, tensor) in state.tensors() {
+        match encoder.get(name.as_str()) {
+            Some(var) if var.shape() == tensor.shape() => {
+                var.set(&tensor.to_dtype(DType::F32)?.to_device(var.device())?)?;
+            }
+            Some(var) => problems.push(format!(
+                "{name}: {:?} in the file, {:?} in the model",
+                tensor.dims(),
+                var.dims()
+            )),
+            // Buffers the model computes itself (RoPE periods, k-bias mask) are not weights.
+            None if buffers.contains(name) => {}
+            None => skipped.push(name.clone()),
+        }
+    }
+    let missing: Vec<&&str> = encoder.keys().filter(|k| !state.tensors().contains_key(**k)).collect();
+    if !problems.is_empty() {
+        problems.sort();
+        return Err(Error::Setup(format!(
+            "{}: tensors do not fit the backbone {}: {}",
+            path.display(),
+            describe(cfg),
+            problems.join("; ")
+        )));
+    }
+    if !missing.is_empty() && missing.len() == encoder.len() {
+        return Err(Error::Setup(format!(
+            "{}: none of the backbone's tensors are in the file (not a DINOv3 checkpoint?)",
+            path.display()
+        )));
+    }
+    skipped.sort();
+    Ok(skipped)
+}
+
+fn describe(cfg: &Config) -> String {
+    format!(
+        "(width {}, {} blocks, {} heads, {} registers)",
+        cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.n_storage_tokens
+    )
+}
+
+/// A training run in progress.
+pub struct Trainer<'o> {
+    options: TrainOptions,
+    observer: &'o dyn TrainingObserver,
+    network: Box<dyn SegmentationNetwork>,
+    vars: NamedVars,
+    optimizer: Box<dyn Optimizer>,
+    logs: TrainingLogs,
+    best_ema: Option<f64>,
+    epoch: usize,
+    train_cases: Arc<Vec<PreprocessedCase>>,
+    val_cases: Arc<Vec<PreprocessedCase>>,
+    train_sampler: BatchSampler2d,
+    val_sampler: BatchSampler2d,
+    reduction: DiceReduction,
+    num_classes: usize,
+    init: Value,
+    log_file: PathBuf,
+}
+
+impl std::fmt::Debug for Trainer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("trainer", &self.options.trainer.name)
+            .field("epoch", &self.epoch)
+            .field("network", &self.network)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'o> Trainer<'o> {
+    /// Reads the plans, data set and fold, builds the network (pretrained weights loaded),
+    /// the optimiser and the loaders, prepares the output folder, and with
+    /// [`TrainOptions::resume`] restores the latest checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// On unreadable or inconsistent inputs, a trainer that needs `--pretrained` without it
+    /// (or a scratch trainer given one), weights that do not fit, or an unwritable output.
+    pub fn new(options: TrainOptions, observer: &'o dyn TrainingObserver) -> Result<Self> {
+        let plans_path = options.preprocessed.join(format!("{}.json", options.plans));
+        let plans = Plans::read(&plans_path)?;
+        let dataset_path = options.preprocessed.join("dataset.json");
+        let dataset = DatasetJson::read(&dataset_path)?;
+        let configuration = PlansConfiguration::read(&plans, &options.configuration, &plans_path)?;
+        if dataset.ignore_label().is_some() {
+            return Err(Error::Setup(format!(
+                "{}: data sets with an ignore label are not supported yet",
+                dataset_path.display()
+            )));
+        }
+        if dataset.foreground().any(|e| matches!(e.value, LabelValue::Region(_))) {
+            return Err(Error::Setup(format!(
+                "{}: region-based training is not supported",
+                dataset_path.display()
+            )));
+        }
+        let num_classes = dataset.foreground().count() + 1;
+        let input_channels = dataset.channel_names.len().max(1);
+
+        let data_folder = options.preprocessed.join(&configuration.data_identifier);
+        let (train_ids, val_ids) = fold_cases(&options.preprocessed, &data_folder, &options.fold)?;
+        let train_cases = open_cases(&data_folder, &train_ids)?;
+        let val_cases = open_cases(&data_folder, &val_ids)?;
+
+        let spec = &options.trainer;
+        let backbone = match &spec.backbone {
+            Some(b) => Some(b.config(options.backbone.as_deref())?),
+            None if options.backbone.is_some() => {
+                return Err(Error::Setup(format!(
+                    "{} has no ViT backbone to resize (--backbone)",
+                    spec.name
+                )))
+            }
+            None => None,
+        };
+        match (spec.backbone.map(|b| b.weights), &options.pretrained) {
+            (Some(PretrainedWeights::Required { .. }), None) => {
+                return Err(Error::Setup(format!(
+                    "{} fine-tunes pretrained weights: pass --pretrained PATH (a {} checkpoint{})",
+                    spec.name,
+                    if spec.name.starts_with("meddinov3") {
+                        "MedDINOv3 `teacher`"
+                    } else {
+                        "DINOv3"
+                    },
+                    if options.backbone.is_some() {
+                        " of the --backbone preset"
+                    } else {
+                        ""
+                    }
+                )))
+            }
+            (Some(PretrainedWeights::Scratch) | None, Some(path)) => {
+                return Err(Error::Setup(format!(
+                    "{} trains from scratch; it takes no --pretrained ({})",
+                    spec.name,
+                    path.display()
+                )))
+            }
+            _ => {}
+        }
+        let request = NetworkRequest {
+            backbone: backbone.clone(),
+            num_classes,
+            input_channels,
+            configuration: configuration.values.clone(),
+        };
+        let varmap = VarMap::new();
+        let network = (spec.build)(
+            &request,
+            seeded_var_builder(&varmap, options.seed, DType::F32, &options.device),
+        )?;
+        let multiple = network.input_multiple();
+        if configuration.patch.iter().any(|p| p % multiple != 0) {
+            return Err(Error::Setup(format!(
+                "patch size {:?} of configuration {:?} is not a multiple of the network's {multiple}",
+                configuration.patch, options.configuration
+            )));
+        }
+        let vars = named_vars(&varmap);
+        let mut skipped = Vec::new();
+        if let (Some(cfg), Some(path), Some(backbone_spec)) = (&backbone, &options.pretrained, spec.backbone) {
+            let strict = matches!(backbone_spec.weights, PretrainedWeights::Required { strict: true });
+            let buffers: Vec<String> = network
+                .buffers()?
+                .into_iter()
+                .filter_map(|(name, _)| {
+                    name.strip_prefix(meddino_backbone::checkpoint::ENCODER_PREFIX)
+                        .map(str::to_string)
+                })
+                .collect();
+            skipped = load_pretrained(&vars, &buffers, cfg, path, strict)?;
+        }
+        let optimizer = build_optimizer(spec.optimizer, &vars);
+
+        let batch_size = options.batch_size.unwrap_or(configuration.batch_size).max(1);
+        let augmentation = Augmentation2d {
+            patch: configuration.patch,
+            mask_image: configuration.mask_image,
+        };
+        let train_sampler = BatchSampler2d {
+            batch_size,
+            augmentation: augmentation.clone(),
+            augment: true,
+        };
+        let val_sampler = BatchSampler2d {
+            augment: false,
+            ..train_sampler.clone()
+        };
+
+        let fold_folder = options.fold_folder();
+        std::fs::create_dir_all(&fold_folder).map_err(|source| Error::Write {
+            path: fold_folder.clone(),
+            source,
+        })?;
+        let trainer_folder = options.trainer_folder();
+        for (name, from) in [
+            ("plans.json", plans_path.clone()),
+            ("dataset.json", dataset_path.clone()),
+            (
+                "dataset_fingerprint.json",
+                options.preprocessed.join("dataset_fingerprint.json"),
+            ),
+        ] {
+            if from.is_file() {
+                let bytes = std::fs::read(&from).map_err(|source| Error::Write {
+                    path: from.clone(),
+                    source,
+                })?;
+                nnunet_data::io::write_atomic(&trainer_folder.join(name), |out: &mut dyn Write| out.write_all(&bytes))?;
+            }
+        }
+        let stamp = jiff::Zoned::now().strftime("%Y_%-m_%-d_%H_%M_%S").to_string();
+        let log_file = fold_folder.join(format!("training_log_{stamp}.txt"));
+
+        let init = json!({
+            "plans": plans.value,
+            "plans_name": options.plans,
+            "dataset_json": dataset.raw,
+            "backbone": backbone,
+            "num_classes": num_classes,
+            "input_channels": input_channels,
+            "patch_size": configuration.patch,
+            "inference_allowed_mirroring_axes": [0, 1],
+            "seed": options.seed,
+        });
+        let mut trainer = Self {
+            reduction: if configuration.batch_dice {
+                DiceReduction::Batch
+            } else {
+                DiceReduction::PerSample
+            },
+            options,
+            observer,
+            network,
+            vars,
+            optimizer,
+            logs: TrainingLogs::default(),
+            best_ema: None,
+            epoch: 0,
+            train_cases,
+            val_cases,
+            train_sampler,
+            val_sampler,
+            num_classes,
+            init,
+            log_file,
+        };
+        trainer.write_debug(&train_ids, &val_ids)?;
+        trainer.log(&format!(
+            "{}: {} training / {} validation cases of fold {}, patch {:?}, batch {batch_size}, {} parameters",
+            trainer.options.trainer.name,
+            train_ids.len(),
+            val_ids.len(),
+            trainer.options.fold,
+            trainer.train_sampler.augmentation.patch,
+            trainer.parameter_count()
+        ))?;
+        if !skipped.is_empty() {
+            trainer.log(&format!(
+                "pretrained tensors the backbone does not have were skipped (strict=False): {}",
+                skipped.join(", ")
+            ))?;
+        }
+        if trainer.options.resume {
+            trainer.resume()?;
+        }
+        Ok(trainer)
+    }
+
+    /// Trainable parameters.
+    pub fn parameter_count(&self) -> usize {
+        self.vars.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// Epochs completed.
+    pub fn epoch(&self) -> usize {
+        self.epoch
+    }
+
+    /// The logs so far.
+    pub fn logs(&self) -> &TrainingLogs {
+        &self.logs
+    }
+
+    /// The network being trained.
+    pub fn network(&self) -> &dyn SegmentationNetwork {
+        self.network.as_ref()
+    }
+
+    /// The fold's output folder.
+    pub fn output(&self) -> PathBuf {
+        self.options.fold_folder()
+    }
+
+    /// Appends a timestamped line to the training log and passes it to the observer.
+    fn log(&self, line: &str) -> Result<()> {
+        self.observer.log(line);
+        let stamp = jiff::Zoned::now().strftime("%Y-%m-%d %H:%M:%S%.6f");
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_file)
+            .map_err(|source| Error::Write {
+                path: self.log_file.clone(),
+                source,
+            })?;
+        writeln!(file, "{stamp}: {line}").map_err(|source| Error::Write {
+            path: self.log_file.clone(),
+            source,
+        })
+    }
+
+    /// `debug.json`: the run's settings, for the record.
+    fn write_debug(&self, train: &[String], val: &[String]) -> Result<()> {
+        let debug = json!({
+            "trainer_name": self.options.trainer.name,
+            "configuration": self.options.configuration,
+            "fold": self.options.fold,
+            "num_epochs": self.options.epochs,
+            "num_iterations_per_epoch": self.options.iterations,
+            "num_val_iterations_per_epoch": self.options.val_iterations,
+            "batch_size": self.train_sampler.batch_size,
+            "patch_size": self.train_sampler.augmentation.patch,
+            "initial_patch_size": self.train_sampler.loaded_patch(),
+            "optimizer": format!("{:?}", self.options.trainer.optimizer),
+            "schedule": format!("{:?}", self.options.trainer.schedule),
+            "backbone": self.init["backbone"],
+            "pretrained": self.options.pretrained,
+            "seed": self.options.seed,
+            "device": format!("{:?}", self.options.device),
+            "train_cases": train,
+            "val_cases": val,
+        });
+        let path = self.options.fold_folder().join("debug.json");
+        nnunet_data::io::write_atomic(&path, |out: &mut dyn Write| {
+            serde_json::to_writer_pretty(&mut *out, &debug).map_err(std::io::Error::other)
+        })?;
+        Ok(())
+    }
+
+    /// Restores network, optimiser and bookkeeping from `checkpoint_latest` (or reports a
+    /// finished run); without a checkpoint, training starts anew, as nnU-Net's `--c` does.
+    fn resume(&mut self) -> Result<()> {
+        let folder = self.options.fold_folder();
+        let latest = folder.join(CHECKPOINT_LATEST);
+        let path = if latest.is_file() {
+            latest
+        } else if folder.join(CHECKPOINT_FINAL).is_file() {
+            folder.join(CHECKPOINT_FINAL)
+        } else {
+            return self.log("no checkpoint to continue from; starting a new training");
+        };
+        let checkpoint = TrainingCheckpoint::load(&path, &self.options.device)?;
+        if checkpoint.meta.trainer_name != self.options.trainer.name {
+            return Err(Error::Checkpoint(format!(
+                "{} was written by {}, not {}",
+                path.display(),
+                checkpoint.meta.trainer_name,
+                self.options.trainer.name
+            )));
+        }
+        let mut problems = Vec::new();
+        for (name, var) in &self.vars {
+            match checkpoint.network.get(name) {
+                Some(t) if t.shape() == var.shape() => var.set(&t.to_device(var.device())?)?,
+                Some(t) => problems.push(format!("{name}: {:?}, expected {:?}", t.dims(), var.dims())),
+                None => problems.push(format!("{name} is missing")),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::Checkpoint(format!(
+                "{} does not fit the network (another --backbone?): {}",
+                path.display(),
+                problems.join("; ")
+            )));
+        }
+        self.optimizer
+            .load_state(&checkpoint.optimizer, checkpoint.meta.optimizer_steps)?;
+        self.logs = serde_json::from_value(checkpoint.meta.logs.clone())
+            .map_err(|e| Error::Checkpoint(format!("{}: logs: {e}", path.display())))?;
+        self.epoch = checkpoint.meta.current_epoch;
+        self.logs.truncate(self.epoch);
+        self.best_ema = checkpoint.meta.best_ema_pseudo_dice;
+        self.log(&format!("continuing from {} at epoch {}", path.display(), self.epoch))
+    }
+
+    fn checkpoint(&self) -> Result<TrainingCheckpoint> {
+        let mut network: HashMap<String, Tensor> = self
+            .vars
+            .iter()
+            .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+            .collect();
+        network.extend(self.network.buffers()?);
+        let (optimizer, steps) = self.optimizer.state();
+        Ok(TrainingCheckpoint {
+            network,
+            optimizer,
+            meta: CheckpointMeta {
+                trainer_name: self.options.trainer.name.to_string(),
+                configuration: self.options.configuration.clone(),
+                fold: self.options.fold.clone(),
+                current_epoch: self.epoch,
+                optimizer_steps: steps,
+                best_ema_pseudo_dice: self.best_ema,
+                logs: serde_json::to_value(&self.logs).unwrap_or(Value::Null),
+                init: self.init.clone(),
+            },
+        })
+    }
+
+    fn save(&self, name: &str) -> Result<()> {
+        self.checkpoint()?.save(&self.options.fold_folder().join(name))
+    }
+
+    fn to_tensors(&self, batch: &Batch2d) -> Result<(Tensor, Tensor)> {
+        let device = &self.options.device;
+        let data = batch.data.as_standard_layout();
+        let images = Tensor::from_slice(data.as_slice().unwrap_or_default(), data.shape(), device)?;
+        let (b, h, w) = batch.seg.dim();
+        let labels: Vec<u32> = batch.seg.iter().map(|&v| v.max(0) as u32).collect();
+        let labels = Tensor::from_vec(labels, (b, 1, h, w), device)?;
+        Ok((images, labels))
+    }
+
+    fn loader(&self, phase: Phase) -> BatchLoader {
+        let (cases, sampler, count) = match phase {
+            Phase::Train => (&self.train_cases, &self.train_sampler, self.options.iterations),
+            Phase::Validation => (&self.val_cases, &self.val_sampler, self.options.val_iterations),
+        };
+        BatchLoader::start(
+            Arc::clone(cases),
+            sampler.clone(),
+            (self.options.seed, self.epoch, phase),
+            count,
+            self.options.workers,
+        )
+    }
+
+    /// One training epoch; returns the mean loss.
+    fn train_epoch(&mut self) -> Result<f64> {
+        let mut total = 0.0;
+        let mut steps = 0usize;
+        for (index, batch) in self.loader(Phase::Train).enumerate() {
+            let (images, labels) = self.to_tensors(&batch?)?;
+            self.network
+                .reseed(step_seed(self.options.seed ^ 0x5EED, self.epoch, Phase::Train, index));
+            let logits = self.network.forward_t(&images, true)?;
+            let loss = dice_and_ce_loss(&logits, &labels, self.reduction)?;
+            let value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+            if !value.is_finite() {
+                return Err(Error::Setup(format!(
+                    "epoch {}, iteration {index}: the loss is {value}; stopping (lower the learning rate?)",
+                    self.epoch
+                )));
+            }
+            let mut grads = loss.backward()?;
+            let vars: Vec<Var> = self.vars.iter().map(|(_, v)| v.clone()).collect();
+            let _ = clip_grad_norm(&mut grads, &vars, MAX_GRAD_NORM)?;
+            self.optimizer.step(&grads)?;
+            self.observer.iteration(value);
+            total += value;
+            steps += 1;
+        }
+        Ok(total / steps.max(1) as f64)
+    }
+
+    /// The validation iterations: mean loss and pseudo Dice.
+    fn validate(&self) -> Result<(f64, PseudoDice)> {
+        let mut dice = PseudoDice::new(self.num_classes);
+        let mut total = 0.0;
+        let mut steps = 0usize;
+        for batch in self.loader(Phase::Validation) {
+            let (images, labels) = self.to_tensors(&batch?)?;
+            let logits = self.network.forward(&images)?.detach();
+            let loss = dice_and_ce_loss(&logits, &labels, self.reduction)?;
+            total += f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+            dice.add(&logits, &labels)?;
+            steps += 1;
+        }
+        Ok((total / steps.max(1) as f64, dice))
+    }
+
+    /// Runs one epoch: schedule, training, validation, logs, checkpoints, plot.
+    ///
+    /// # Errors
+    ///
+    /// On a failed step or an unwritable output.
+    pub fn run_epoch(&mut self) -> Result<EpochSummary> {
+        let started = Instant::now();
+        let epoch = self.epoch;
+        let factor = self.options.trainer.schedule.factor(epoch, self.options.epochs);
+        self.optimizer.scale_learning_rates(factor);
+        let lr = self.optimizer.learning_rates().first().map_or(0.0, |(_, lr)| *lr);
+        self.observer
+            .epoch_started(epoch, self.options.epochs, self.options.iterations);
+        self.log(&format!("Epoch {epoch}"))?;
+        self.log(&format!("Current learning rate: {lr:.5e}"))?;
+        let start_time = now_seconds();
+        let train_loss = self.train_epoch()?;
+        let (val_loss, dice) = self.validate()?;
+        let pseudo_dice = dice.per_class();
+        let mean = dice.mean();
+        let ema = self.logs.next_ema(mean);
+        self.logs.train_losses.push(train_loss);
+        self.logs.val_losses.push(val_loss);
+        self.logs.lrs.push(lr);
+        self.logs.mean_fg_dice.push(mean);
+        self.logs.ema_fg_dice.push(ema);
+        self.logs
+            .dice_per_class_or_region
+            .push(pseudo_dice.iter().map(|d| (!d.is_nan()).then_some(*d)).collect());
+        self.logs.epoch_start_timestamps.push(start_time);
+        self.logs.epoch_end_timestamps.push(now_seconds());
+        self.epoch += 1;
+        let rounded: Vec<String> = pseudo_dice.iter().map(|d| format!("{d:.4}")).collect();
+        self.log(&format!("train_loss {train_loss:.4}"))?;
+        self.log(&format!("val_loss {val_loss:.4}"))?;
+        self.log(&format!("Pseudo dice [{}]", rounded.join(", ")))?;
+        self.log(&format!("Epoch time: {:.2} s", started.elapsed().as_secs_f64()))?;
+        let new_best = !ema.is_nan() && self.best_ema.is_none_or(|best| ema > best);
+        if new_best {
+            self.best_ema = Some(ema);
+            self.log(&format!("Yayy! New best EMA pseudo Dice: {ema:.4}"))?;
+            self.save(CHECKPOINT_BEST)?;
+        }
+        self.save(CHECKPOINT_LATEST)?;
+        save_png(
+            &self.options.fold_folder().join("progress.png"),
+            &render_progress(&self.logs),
+        )?;
+        Ok(EpochSummary {
+            epoch,
+            train_loss,
+            val_loss,
+            pseudo_dice,
+            ema,
+            new_best,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Trains the remaining epochs, then writes `checkpoint_final` and removes
+    /// `checkpoint_latest`, as nnU-Net does.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::run_epoch`].
+    pub fn fit(&mut self) -> Result<()> {
+        while self.epoch < self.options.epochs {
+            let _ = self.run_epoch()?;
+        }
+        self.save(CHECKPOINT_FINAL)?;
+        let latest = self.options.fold_folder().join(CHECKPOINT_LATEST);
+        if latest.is_file() {
+            std::fs::remove_file(&latest).map_err(|source| Error::Write { path: latest, source })?;
+        }
+        self.log(&format!("Training done after {} epochs", self.epoch))
+    }
+}

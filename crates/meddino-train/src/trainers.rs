@@ -1,0 +1,317 @@
+//! Trainers by their nnU-Net names (`-tr`): which network, which backbone and weights,
+//! which optimiser and schedule (`shared/spec/meddinov3-reference.md` §4). The registry is
+//! open: the baselines add their trainers with [`TrainerRegistry::register`].
+
+use candle_nn::VarBuilder;
+use meddino_backbone::Config;
+use meddino_decoder::{Primus, SegmentationNetwork};
+
+use crate::error::{Error, Result};
+use crate::schedule::Schedule;
+
+/// How a trainer optimises.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OptimizerSpec {
+    /// AdamW with a decoder group and a ViT (`dino_encoder.*`) group.
+    AdamW {
+        /// Learning rate of everything but the encoder.
+        decoder_lr: f64,
+        /// Learning rate of the encoder.
+        encoder_lr: f64,
+        /// Weight decay of both groups.
+        weight_decay: f64,
+        /// `(β1, β2)`.
+        betas: (f64, f64),
+    },
+    /// nnU-Net's SGD with Nesterov momentum.
+    Sgd {
+        /// Learning rate.
+        lr: f64,
+        /// Momentum.
+        momentum: f64,
+        /// L2 weight decay.
+        weight_decay: f64,
+    },
+}
+
+/// Whether a trainer starts from pretrained backbone weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PretrainedWeights {
+    /// `--pretrained` is required. `strict`: every tensor must match (MedDINOv3's teacher
+    /// checkpoint); otherwise tensors the backbone does not have are skipped, as PyTorch's
+    /// `strict=False` does for the DINOv3 trainers.
+    Required {
+        /// Strict loading.
+        strict: bool,
+    },
+    /// Random initialisation; `--pretrained` is refused.
+    Scratch,
+}
+
+/// The ViT of a trainer.
+#[derive(Debug, Clone, Copy)]
+pub struct BackboneSpec {
+    /// The size preset used unless `--backbone` names another.
+    pub preset: &'static str,
+    /// The trainer's construction arguments, applied to the preset's size.
+    pub construct: fn(Config) -> Config,
+    /// Weights.
+    pub weights: PretrainedWeights,
+}
+
+impl BackboneSpec {
+    /// The backbone configuration for `preset` (the trainer's own when `None`): the preset's
+    /// size (width, depth, heads, FFN, patch size) with the trainer's construction arguments.
+    ///
+    /// # Errors
+    ///
+    /// When the preset is unknown.
+    pub fn config(&self, preset: Option<&str>) -> Result<Config> {
+        let size =
+            Config::preset(preset.unwrap_or(self.preset)).map_err(|e| Error::Setup(format!("--backbone: {e}")))?;
+        Ok((self.construct)(Config {
+            embed_dim: size.embed_dim,
+            depth: size.depth,
+            num_heads: size.num_heads,
+            ffn_ratio: size.ffn_ratio,
+            ffn_layer: size.ffn_layer,
+            patch_size: size.patch_size,
+            ..Config::default()
+        }))
+    }
+}
+
+/// What a network is built for.
+#[derive(Debug, Clone)]
+pub struct NetworkRequest {
+    /// The backbone configuration, for trainers with a ViT.
+    pub backbone: Option<Config>,
+    /// Output classes, background included.
+    pub num_classes: usize,
+    /// Input channels of the data set.
+    pub input_channels: usize,
+    /// The plans configuration (patch size, architecture entry for the nnU-Net baselines).
+    pub configuration: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Builds a trainer's network with its parameters under `vb`.
+pub type BuildNetwork = fn(&NetworkRequest, VarBuilder) -> Result<Box<dyn SegmentationNetwork>>;
+
+/// One trainer.
+#[derive(Debug, Clone)]
+pub struct TrainerSpec {
+    /// The nnU-Net trainer name (`-tr`).
+    pub name: &'static str,
+    /// One line for `--help` and logs.
+    pub summary: &'static str,
+    /// The ViT, for trainers that have one.
+    pub backbone: Option<BackboneSpec>,
+    /// The network.
+    pub build: BuildNetwork,
+    /// The optimiser.
+    pub optimizer: OptimizerSpec,
+    /// The per-epoch learning-rate schedule.
+    pub schedule: Schedule,
+}
+
+/// The encoder blocks Primus_Multiscale reads for a `depth`-block ViT: the last block of
+/// each quarter (`[2, 5, 8, 11]` for 12 blocks, as the MedDINOv3 trainers pass).
+pub fn quarter_blocks(depth: usize) -> Vec<usize> {
+    let mut blocks: Vec<usize> = (1..=4).map(|q| (q * depth / 4).max(1) - 1).collect();
+    blocks.dedup();
+    blocks
+}
+
+fn primus_request(request: &NetworkRequest) -> Result<&Config> {
+    if request.input_channels != 1 {
+        return Err(Error::Setup(format!(
+            "Primus networks take one input channel; the data set has {}",
+            request.input_channels
+        )));
+    }
+    request
+        .backbone
+        .as_ref()
+        .ok_or_else(|| Error::Setup("Primus needs a backbone configuration".into()))
+}
+
+fn build_primus(request: &NetworkRequest, vb: VarBuilder) -> Result<Box<dyn SegmentationNetwork>> {
+    let cfg = primus_request(request)?;
+    Ok(Box::new(
+        Primus::new(cfg, request.num_classes, vb).map_err(decoder_error)?,
+    ))
+}
+
+fn build_primus_multiscale(request: &NetworkRequest, vb: VarBuilder) -> Result<Box<dyn SegmentationNetwork>> {
+    let cfg = primus_request(request)?;
+    let blocks = quarter_blocks(cfg.depth);
+    Ok(Box::new(
+        Primus::multiscale(cfg, request.num_classes, &blocks, vb).map_err(decoder_error)?,
+    ))
+}
+
+fn decoder_error(error: meddino_decoder::Error) -> Error {
+    Error::Setup(format!("cannot build the network: {error}"))
+}
+
+/// MedDINOv3's backbone arguments: `vit_base(drop_path_rate=0.2, layerscale_init=1e-5,
+/// n_storage_tokens=4, qkv_bias=False, mask_k_bias=True)`.
+fn meddinov3_construct(size: Config) -> Config {
+    Config {
+        drop_path_rate: 0.2,
+        layerscale_init: Some(1e-5),
+        n_storage_tokens: 4,
+        qkv_bias: false,
+        mask_k_bias: true,
+        ..size
+    }
+}
+
+/// The DINOv3 trainers' `vit_base(drop_path_rate=0.2, layerscale_init=1e-5)`, otherwise the
+/// constructor's defaults (no registers, qkv bias, no k-mask).
+fn dinov3_construct(size: Config) -> Config {
+    Config {
+        drop_path_rate: 0.2,
+        layerscale_init: Some(1e-5),
+        ..size
+    }
+}
+
+const MEDDINOV3_ADAMW: OptimizerSpec = OptimizerSpec::AdamW {
+    decoder_lr: 3e-4,
+    encoder_lr: 3e-5,
+    weight_decay: 0.05,
+    betas: (0.9, 0.98),
+};
+
+const fn dinov3_adamw(encoder_lr: f64) -> OptimizerSpec {
+    OptimizerSpec::AdamW {
+        decoder_lr: 3e-4,
+        encoder_lr,
+        weight_decay: 0.05,
+        betas: (0.9, 0.98),
+    }
+}
+
+/// The trainers known by name.
+#[derive(Debug, Clone)]
+pub struct TrainerRegistry {
+    specs: Vec<TrainerSpec>,
+}
+
+impl Default for TrainerRegistry {
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
+impl TrainerRegistry {
+    /// The MedDINOv3 and DINOv3 Primus trainers.
+    pub fn builtin() -> Self {
+        let dinov3 = |weights| BackboneSpec {
+            preset: "vit_base",
+            construct: dinov3_construct,
+            weights,
+        };
+        Self {
+            specs: vec![
+                TrainerSpec {
+                    name: "meddinov3_base_primus_multiscale_Trainer",
+                    summary: "MedDINOv3 ViT-B/16 (teacher weights, strict) + Primus_Multiscale on blocks 2,5,8,11; \
+                              AdamW 3e-4 / ViT 3e-5",
+                    backbone: Some(BackboneSpec {
+                        preset: "vit_base",
+                        construct: meddinov3_construct,
+                        weights: PretrainedWeights::Required { strict: true },
+                    }),
+                    build: build_primus_multiscale,
+                    optimizer: MEDDINOV3_ADAMW,
+                    schedule: Schedule::Linear,
+                },
+                TrainerSpec {
+                    name: "dinov3_base_primus_multiscale_Trainer",
+                    summary:
+                        "DINOv3 ViT-B/16 (official weights, strict=False) + Primus_Multiscale; AdamW 3e-4 / ViT 1e-4",
+                    backbone: Some(dinov3(PretrainedWeights::Required { strict: false })),
+                    build: build_primus_multiscale,
+                    optimizer: dinov3_adamw(1e-4),
+                    schedule: Schedule::Linear,
+                },
+                TrainerSpec {
+                    name: "dinov3_base_primus_Trainer",
+                    summary: "DINOv3 ViT-B/16 (official weights, strict=False) + Primus; AdamW 3e-4 / ViT 1e-4",
+                    backbone: Some(dinov3(PretrainedWeights::Required { strict: false })),
+                    build: build_primus,
+                    optimizer: dinov3_adamw(1e-4),
+                    schedule: Schedule::Linear,
+                },
+                TrainerSpec {
+                    name: "dinov3_base_primus_Trainer_scratch",
+                    summary: "ViT-B/16 from random initialisation + Primus; AdamW 3e-4 for all",
+                    backbone: Some(dinov3(PretrainedWeights::Scratch)),
+                    build: build_primus,
+                    optimizer: dinov3_adamw(3e-4),
+                    schedule: Schedule::Linear,
+                },
+            ],
+        }
+    }
+
+    /// Adds (or replaces) a trainer.
+    pub fn register(&mut self, spec: TrainerSpec) {
+        self.specs.retain(|s| s.name != spec.name);
+        self.specs.push(spec);
+    }
+
+    /// The trainer called `name`.
+    ///
+    /// # Errors
+    ///
+    /// When no trainer has that name; the message lists those that exist.
+    pub fn get(&self, name: &str) -> Result<&TrainerSpec> {
+        self.specs.iter().find(|s| s.name == name).ok_or_else(|| {
+            Error::Setup(format!(
+                "unknown trainer {name:?}; known trainers: {}",
+                self.names().join(", ")
+            ))
+        })
+    }
+
+    /// All trainer names, in registration order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.specs.iter().map(|s| s.name).collect()
+    }
+
+    /// All trainers.
+    pub fn specs(&self) -> &[TrainerSpec] {
+        &self.specs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multiscale_reads_the_last_block_of_each_quarter() {
+        assert_eq!(quarter_blocks(12), [2, 5, 8, 11]);
+        assert_eq!(quarter_blocks(4), [0, 1, 2, 3]);
+        assert_eq!(quarter_blocks(24), [5, 11, 17, 23]);
+        assert_eq!(quarter_blocks(2), [0, 1]);
+    }
+
+    #[test]
+    fn backbone_override_keeps_the_trainers_arguments() {
+        let registry = TrainerRegistry::builtin();
+        let meddino = registry.get("meddinov3_base_primus_multiscale_Trainer").expect("known");
+        let spec = meddino.backbone.expect("has a ViT");
+        assert_eq!(spec.config(None).expect("base"), Config::meddinov3_vitb16());
+        let small = spec.config(Some("vit_micro")).expect("micro");
+        assert_eq!((small.embed_dim, small.depth, small.n_storage_tokens), (64, 4, 4));
+        assert!(small.mask_k_bias && !small.qkv_bias);
+        let error = spec.config(Some("vit_enormous")).expect_err("unknown").to_string();
+        assert!(error.contains("vit_enormous") && error.contains("vit_micro"), "{error}");
+        let error = registry.get("nope").expect_err("unknown").to_string();
+        assert!(error.contains("dinov3_base_primus_Trainer_scratch"), "{error}");
+    }
+}

@@ -1,0 +1,266 @@
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use meddino::backbone::candle::{DType, Device};
+use meddino::backbone::{DinoVisionTransformer, StateDict};
+use meddino::train::checkpoint::TrainingCheckpoint;
+use meddino::train::trainer::{CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATEST};
+use meddino::train::TrainerRegistry;
+use meddino_testutil::reference_or_skip;
+
+use crate::util::Dir;
+
+/// The reference raw data set planned and preprocessed into `dir/preprocessed`; returns its
+/// name and a 2-D configuration whose patch the ViTs take (`2d`, or a derived `2d_N` when the
+/// planned patch is not a multiple of 16).
+fn preprocessed_phantom(dir: &Dir, reference: &meddino_testutil::ReferenceDir) -> (String, String) {
+    let raw = reference.file("nnunet/raw");
+    let name = std::fs::read_dir(&raw)
+        .expect("raw")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.starts_with("Dataset"))
+        .expect("a data set");
+    let plans = reference.json("nnunet/expected/nnUNetPlans.json");
+    let patch: Vec<u64> = serde_json::from_value(plans["configurations"]["2d"]["patch_size"].clone()).expect("patch");
+    let configuration = if patch.iter().all(|p| p % 16 == 0) {
+        "2d".to_string()
+    } else {
+        format!("2d_{}", patch.iter().max().map_or(64, |p| p.div_ceil(16) * 16))
+    };
+    let preprocessed = dir.path().join("preprocessed");
+    let _ = dir
+        .meddino(&[
+            "plan-and-preprocess",
+            "-d",
+            &name,
+            "-c",
+            &configuration,
+            "--raw",
+            raw.to_str().expect("utf-8"),
+            "--preprocessed",
+            preprocessed.to_str().expect("utf-8"),
+        ])
+        .assert_code(0);
+    (name, configuration)
+}
+
+fn train_args<'a>(dir: &'a Dir, name: &'a str, configuration: &'a str, results: &'a str) -> Vec<String> {
+    let preprocessed = dir.path().join("preprocessed");
+    [
+        "train",
+        name,
+        configuration,
+        "0",
+        "--preprocessed",
+        preprocessed.to_str().expect("utf-8"),
+        "--results",
+        results,
+        "--backbone",
+        "vit_micro",
+        "--val-iters",
+        "2",
+        "--seed",
+        "3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn fold_folder(results: &Path, name: &str, trainer: &str, configuration: &str) -> PathBuf {
+    results
+        .join(name)
+        .join(format!("{trainer}__nnUNetPlans__{configuration}"))
+        .join("fold_0")
+}
+
+#[test]
+fn trains_two_short_epochs_on_the_reference_phantoms() {
+    let reference = reference_or_skip!();
+    let dir = Dir::new("train-phantom");
+    let (name, configuration) = preprocessed_phantom(&dir, &reference);
+    let trainer = "dinov3_base_primus_Trainer_scratch";
+    let mut args = train_args(&dir, &name, &configuration, "results");
+    args.extend(["-tr", trainer, "--epochs", "2", "--iters", "3"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = dir.meddino(&args);
+    let stderr = run.assert_code(0).stderr();
+    assert!(stderr.contains("Epoch 1") && stderr.contains("Pseudo dice"), "{stderr}");
+
+    let fold = fold_folder(&dir.path().join("results"), &name, trainer, &configuration);
+    for file in [CHECKPOINT_FINAL, CHECKPOINT_BEST, "progress.png", "debug.json"] {
+        assert!(fold.join(file).is_file(), "{file} written");
+    }
+    assert!(!fold.join(CHECKPOINT_LATEST).exists(), "latest is removed at the end");
+    for file in ["plans.json", "dataset.json", "dataset_fingerprint.json"] {
+        assert!(
+            fold.parent().expect("trainer folder").join(file).is_file(),
+            "{file} copied"
+        );
+    }
+    let log = std::fs::read_dir(&fold)
+        .expect("fold")
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with("training_log_"))
+        .expect("a training log");
+    let log = std::fs::read_to_string(log.path()).expect("log");
+    assert!(
+        log.contains("Epoch 0") && log.contains("Epoch 1") && log.contains("train_loss"),
+        "{log}"
+    );
+    let progress = image::open(fold.join("progress.png")).expect("a PNG");
+    assert!(progress.width() > 500 && progress.height() > 500);
+
+    let checkpoint = TrainingCheckpoint::load(&fold.join(CHECKPOINT_FINAL), &Device::Cpu).expect("final");
+    assert_eq!(checkpoint.meta.current_epoch, 2);
+    assert_eq!(checkpoint.meta.optimizer_steps, 6);
+    assert_eq!(checkpoint.meta.trainer_name, trainer);
+    assert_eq!(checkpoint.meta.logs["train_losses"].as_array().map(Vec::len), Some(2));
+    assert!(
+        checkpoint.meta.init["plans"]["configurations"].is_object(),
+        "plans kept to rebuild the network"
+    );
+    assert!(
+        checkpoint.network.contains_key("dino_encoder.rope_embed.periods"),
+        "buffers kept"
+    );
+}
+
+#[test]
+fn trainers_that_fine_tune_demand_weights_and_scratch_ones_refuse_them() {
+    let reference = reference_or_skip!();
+    let dir = Dir::new("train-weights");
+    let (name, configuration) = preprocessed_phantom(&dir, &reference);
+    let mut args = train_args(&dir, &name, &configuration, "results");
+    args.extend(["-tr", "meddinov3_base_primus_multiscale_Trainer"].map(String::from));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stderr = dir.meddino(&argv).assert_code(1).stderr();
+    assert!(stderr.contains("--pretrained"), "{stderr}");
+
+    // Weights of another size are refused, naming a tensor and both shapes.
+    let weights = dir.path().join("small.safetensors");
+    write_random_backbone("meddinov3_base_primus_multiscale_Trainer", "vit_tiny", &weights);
+    let mut mismatched = args.clone();
+    mismatched.extend(["--pretrained", weights.to_str().expect("utf-8")].map(String::from));
+    let argv: Vec<&str> = mismatched.iter().map(String::as_str).collect();
+    let stderr = dir.meddino(&argv).assert_code(1).stderr();
+    assert!(
+        stderr.contains("small.safetensors")
+            && stderr.contains("wrong shape: blocks.0.attn.proj.bias is [192], expected [64]"),
+        "{stderr}"
+    );
+
+    let mut scratch = train_args(&dir, &name, &configuration, "results");
+    scratch.extend(["-tr", "dinov3_base_primus_Trainer_scratch", "--pretrained", "x.pth"].map(String::from));
+    let argv: Vec<&str> = scratch.iter().map(String::as_str).collect();
+    let stderr = dir.meddino(&argv).assert_code(1).stderr();
+    assert!(stderr.contains("from scratch"), "{stderr}");
+
+    let mut unknown = train_args(&dir, &name, &configuration, "results");
+    unknown.extend(["-tr", "noSuchTrainer"].map(String::from));
+    let argv: Vec<&str> = unknown.iter().map(String::as_str).collect();
+    let stderr = dir.meddino(&argv).assert_code(1).stderr();
+    assert!(
+        stderr.contains("meddinov3_base_primus_multiscale_Trainer"),
+        "lists the trainers: {stderr}"
+    );
+}
+
+/// Random weights of `preset` built with `trainer`'s backbone arguments, as a `--pretrained`
+/// safetensors file.
+fn write_random_backbone(trainer: &str, preset: &str, path: &Path) {
+    let registry = TrainerRegistry::builtin();
+    let cfg = registry
+        .get(trainer)
+        .expect("trainer")
+        .backbone
+        .expect("a ViT")
+        .config(Some(preset))
+        .expect("config");
+    let varmap = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let model = DinoVisionTransformer::new(&cfg, vb).expect("backbone");
+    StateDict::from_varmap(path, &varmap, model.buffers().expect("buffers"))
+        .save_safetensors(path)
+        .expect("weights");
+}
+
+#[test]
+fn a_killed_training_continues_to_the_same_result() {
+    let reference = reference_or_skip!();
+    let dir = Dir::new("train-kill");
+    let (name, configuration) = preprocessed_phantom(&dir, &reference);
+    let trainer = "meddinov3_base_primus_multiscale_Trainer";
+    let weights = dir.path().join("micro.safetensors");
+    write_random_backbone(trainer, "vit_micro", &weights);
+    let run = |results: &str| -> Vec<String> {
+        let mut args = train_args(&dir, &name, &configuration, results);
+        args.extend(["-tr", trainer, "--epochs", "3", "--iters", "12"].map(String::from));
+        args.extend(["--pretrained", weights.to_str().expect("utf-8")].map(String::from));
+        args
+    };
+
+    // Uninterrupted.
+    let args = run("straight");
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _ = dir.meddino(&argv).assert_code(0);
+
+    // Killed once the first epoch's checkpoint exists (so in the second epoch), then continued.
+    let args = run("killed");
+    let fold = fold_folder(&dir.path().join("killed"), &name, trainer, &configuration);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meddino"))
+        .args(&args)
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start training");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let latest = fold.join(CHECKPOINT_LATEST);
+    let saved_epoch = loop {
+        assert!(Instant::now() < deadline, "no checkpoint within 5 minutes");
+        assert!(
+            child.try_wait().expect("poll").is_none(),
+            "training ended before it was killed"
+        );
+        if let Ok(checkpoint) = TrainingCheckpoint::load(&latest, &Device::Cpu) {
+            break checkpoint;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    assert_eq!(saved_epoch.meta.current_epoch, 1, "killed during the second epoch");
+    assert!(!fold.join(CHECKPOINT_FINAL).exists());
+
+    let mut resumed = args.clone();
+    resumed.push("--continue".into());
+    let argv: Vec<&str> = resumed.iter().map(String::as_str).collect();
+    let stderr = dir.meddino(&argv).assert_code(0).stderr();
+    assert!(stderr.contains("continuing from"), "{stderr}");
+
+    let load = |results: &str| {
+        let fold = fold_folder(&dir.path().join(results), &name, trainer, &configuration);
+        TrainingCheckpoint::load(&fold.join(CHECKPOINT_FINAL), &Device::Cpu).expect("final checkpoint")
+    };
+    let (straight, killed) = (load("straight"), load("killed"));
+    assert_eq!(straight.meta.current_epoch, 3);
+    assert_eq!(killed.meta.optimizer_steps, straight.meta.optimizer_steps);
+    assert_eq!(killed.meta.best_ema_pseudo_dice, straight.meta.best_ema_pseudo_dice);
+    assert_eq!(
+        killed.meta.logs["train_losses"], straight.meta.logs["train_losses"],
+        "the same losses, epoch by epoch"
+    );
+    for (label, ours, theirs) in [
+        ("network", &killed.network, &straight.network),
+        ("optimizer", &killed.optimizer, &straight.optimizer),
+    ] {
+        assert_eq!(ours.len(), theirs.len(), "{label} tensors");
+        for (key, tensor) in theirs {
+            let a: Vec<f32> = tensor.flatten_all().and_then(|t| t.to_vec1()).expect("values");
+            let b: Vec<f32> = ours[key].flatten_all().and_then(|t| t.to_vec1()).expect("values");
+            assert!(a == b, "{label} {key} differs after resuming");
+        }
+    }
+}
