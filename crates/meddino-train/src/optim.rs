@@ -78,6 +78,14 @@ pub trait Optimizer: std::fmt::Debug + Send {
 /// Variables with their state-dict names (optimiser state is kept by name).
 pub type NamedVars = Vec<(String, Var)>;
 
+/// Variables of a VarMap by name, sorted (a stable order for optimiser groups and clipping).
+pub fn named_vars(varmap: &candle_nn::VarMap) -> NamedVars {
+    let data = varmap.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut vars: NamedVars = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
 /// One parameter group of [`GroupedAdamW`]: named variables and their learning rate.
 #[derive(Debug)]
 struct Group {

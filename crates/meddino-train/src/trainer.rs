@@ -33,9 +33,9 @@ use crate::init::seeded_var_builder;
 use crate::loader::{step_seed, BatchLoader, Phase};
 use crate::logs::{PseudoDice, TrainingLogs};
 use crate::loss::{dice_and_ce_loss, DiceReduction};
-use crate::optim::{clip_grad_norm, GroupedAdamW, NamedVars, NesterovSgd, Optimizer};
+use crate::optim::{clip_grad_norm, named_vars, NamedVars, Optimizer};
 use crate::plot::{render_progress, save_png};
-use crate::trainers::{NetworkRequest, OptimizerSpec, PretrainedWeights, TrainerSpec};
+use crate::trainers::{NetworkRequest, PretrainedWeights, TrainerSpec};
 
 /// The checkpoint written after every epoch (removed once training finishes).
 pub const CHECKPOINT_LATEST: &str = "checkpoint_latest.safetensors";
@@ -268,44 +268,6 @@ fn now_seconds() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Variables of a VarMap by name, sorted (a stable order for optimiser groups and clipping).
-fn named_vars(varmap: &VarMap) -> NamedVars {
-    let data = varmap.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut vars: NamedVars = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    vars
-}
-
-fn build_optimizer(spec: OptimizerSpec, vars: &NamedVars) -> Box<dyn Optimizer> {
-    match spec {
-        OptimizerSpec::AdamW {
-            decoder_lr,
-            encoder_lr,
-            weight_decay,
-            betas,
-        } => {
-            let (encoder, decoder): (NamedVars, NamedVars) = vars
-                .iter()
-                .cloned()
-                .partition(|(name, _)| name.starts_with(meddino_backbone::checkpoint::ENCODER_PREFIX));
-            Box::new(GroupedAdamW::new(
-                vec![
-                    ("decoder".into(), decoder, decoder_lr),
-                    ("encoder".into(), encoder, encoder_lr),
-                ],
-                betas.0,
-                betas.1,
-                weight_decay,
-            ))
-        }
-        OptimizerSpec::Sgd {
-            lr,
-            momentum,
-            weight_decay,
-        } => Box::new(NesterovSgd::new(vars.clone(), lr, momentum, weight_decay)),
-    }
-}
-
 /// Copies pretrained backbone weights into the network's `dino_encoder.*` variables.
 /// Strict: every backbone variable must be in the file and nothing else may be (buffers the
 /// model computes excepted); otherwise tensors the backbone lacks are skipped and listed.
@@ -513,7 +475,7 @@ impl<'o> Trainer<'o> {
                 .collect();
             skipped = load_pretrained(&vars, &buffers, cfg, path, strict)?;
         }
-        let optimizer = build_optimizer(spec.optimizer, &vars);
+        let optimizer = spec.optimizer.build(&vars);
 
         let batch_size = options.batch_size.unwrap_or(configuration.batch_size).max(1);
         let augmentation = Augmentation2d {

@@ -7,6 +7,7 @@ use meddino_backbone::Config;
 use meddino_decoder::{Primus, SegmentationNetwork};
 
 use crate::error::{Error, Result};
+use crate::optim::{GroupedAdamW, NamedVars, NesterovSgd, Optimizer};
 use crate::schedule::Schedule;
 
 /// How a trainer optimises.
@@ -32,6 +33,39 @@ pub enum OptimizerSpec {
         /// L2 weight decay.
         weight_decay: f64,
     },
+}
+
+impl OptimizerSpec {
+    /// The optimiser over `vars`; AdamW puts `dino_encoder.*` in the encoder group.
+    pub fn build(self, vars: &NamedVars) -> Box<dyn Optimizer> {
+        match self {
+            OptimizerSpec::AdamW {
+                decoder_lr,
+                encoder_lr,
+                weight_decay,
+                betas,
+            } => {
+                let (encoder, decoder): (NamedVars, NamedVars) = vars
+                    .iter()
+                    .cloned()
+                    .partition(|(name, _)| name.starts_with(meddino_backbone::checkpoint::ENCODER_PREFIX));
+                Box::new(GroupedAdamW::new(
+                    vec![
+                        ("decoder".into(), decoder, decoder_lr),
+                        ("encoder".into(), encoder, encoder_lr),
+                    ],
+                    betas.0,
+                    betas.1,
+                    weight_decay,
+                ))
+            }
+            OptimizerSpec::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            } => Box::new(NesterovSgd::new(vars.clone(), lr, momentum, weight_decay)),
+        }
+    }
 }
 
 /// Whether a trainer starts from pretrained backbone weights.

@@ -196,4 +196,21 @@ mod tests {
         assert_eq!(image.dim(), (10, 12));
         assert!(image.iter().all(|&v| (0.0..=4.0).contains(&v)));
     }
+
+    #[test]
+    fn the_intensity_pipeline_keeps_values_finite_and_in_scale() {
+        let original = Array3::from_shape_fn((1, 24, 24), |(_, y, x)| ((y * 24 + x) as f32 / 576.0) * 2.0 - 1.0);
+        let (mut changed, mut max_abs) = (0, 0f32);
+        for seed in 0..300 {
+            let mut data = original.clone();
+            augment(&mut data, &mut RandomState::new(seed));
+            assert!(data.iter().all(|v| v.is_finite()), "seed {seed}");
+            changed += usize::from(data != original);
+            max_abs = data.iter().fold(max_abs, |m, v| m.max(v.abs()));
+        }
+        // Each transform fires rarely (p 0.1–0.3), so most but not all samples change; none
+        // moves a [−1, 1] image far out of scale (brightness ≤ 1.25, noise std ≤ 0.1).
+        assert!((150..300).contains(&changed), "{changed} of 300 changed");
+        assert!(max_abs < 2.5, "largest magnitude {max_abs}");
+    }
 }
