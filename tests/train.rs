@@ -87,9 +87,21 @@ fn trains_two_short_epochs_on_the_reference_phantoms() {
     let run = dir.meddino(&args);
     let stderr = run.assert_code(0).stderr();
     assert!(stderr.contains("Epoch 1") && stderr.contains("Pseudo dice"), "{stderr}");
+    assert!(
+        run.stdout().contains("classwise"),
+        "the validation summary is printed: {}",
+        run.stdout()
+    );
 
     let fold = fold_folder(&dir.path().join("results"), &name, trainer, &configuration);
-    for file in [CHECKPOINT_FINAL, CHECKPOINT_BEST, "progress.png", "debug.json"] {
+    for file in [
+        CHECKPOINT_FINAL,
+        CHECKPOINT_BEST,
+        "progress.png",
+        "debug.json",
+        "validation/segmentation_metrics.csv",
+        "validation/summary.json",
+    ] {
         assert!(fold.join(file).is_file(), "{file} written");
     }
     assert!(!fold.join(CHECKPOINT_LATEST).exists(), "latest is removed at the end");
@@ -111,6 +123,25 @@ fn trains_two_short_epochs_on_the_reference_phantoms() {
     );
     let progress = image::open(fold.join("progress.png")).expect("a PNG");
     assert!(progress.width() > 500 && progress.height() > 500);
+
+    // The validation predictions have exactly their reference's geometry.
+    let splits: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("preprocessed").join(&name).join("splits_final.json"))
+            .expect("splits"),
+    )
+    .expect("json");
+    let ending = reference.json(format!("nnunet/raw/{name}/dataset.json"))["file_ending"]
+        .as_str()
+        .unwrap_or(".nii.gz")
+        .to_string();
+    for case in splits[0]["val"].as_array().expect("val cases") {
+        let file = format!("{}{ending}", case.as_str().expect("id"));
+        let ours = meddino::data::io::read_image(&fold.join("validation").join(&file)).expect("prediction");
+        let truth = meddino::data::io::read_image(&reference.file(format!("nnunet/raw/{name}/labelsTr/{file}")))
+            .expect("label");
+        assert_eq!(ours.data.shape(), truth.data.shape(), "{file}");
+        assert_eq!(ours.geometry, truth.geometry, "{file}");
+    }
 
     let checkpoint = TrainingCheckpoint::load(&fold.join(CHECKPOINT_FINAL), &Device::Cpu).expect("final");
     assert_eq!(checkpoint.meta.current_epoch, 2);
@@ -196,7 +227,7 @@ fn a_killed_training_continues_to_the_same_result() {
     write_random_backbone(trainer, "vit_micro", &weights);
     let run = |results: &str| -> Vec<String> {
         let mut args = train_args(&dir, &name, &configuration, results);
-        args.extend(["-tr", trainer, "--epochs", "3", "--iters", "12"].map(String::from));
+        args.extend(["-tr", trainer, "--epochs", "3", "--iters", "12", "--skip-validation"].map(String::from));
         args.extend(["--pretrained", weights.to_str().expect("utf-8")].map(String::from));
         args
     };

@@ -101,7 +101,7 @@ pub fn run(args: EvaluateArgs) -> anyhow::Result<()> {
 }
 
 /// The summary as a table on stdout.
-fn print_summary(summary: &meddino::eval::Summary, tolerance_mm: f64) {
+pub(crate) fn print_summary(summary: &meddino::eval::Summary, tolerance_mm: f64) {
     let cell = |s: Statistic, digits: usize| format!("{:.digits$} ± {:.digits$}", s.mean, s.std);
     let row = |name: &str, s: &ClassSummary| {
         println!(

@@ -72,6 +72,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
 
+    /// Skip the final validation (predicting and scoring the fold's validation cases).
+    #[arg(long)]
+    skip_validation: bool,
+
     /// Batch-building threads.
     #[arg(long, value_name = "N", default_value_t = 2)]
     workers: usize,
@@ -165,6 +169,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let mut trainer = Trainer::new(options, &observer)?;
     trainer.fit()?;
     observer.bar.finish_and_clear();
+    if !args.skip_validation {
+        if let Some(scores) = trainer.validate_final()? {
+            super::evaluate::print_summary(&scores.summary, 1.0);
+        }
+    }
     eprintln!("results in {}", trainer.output().display());
     Ok(())
 }

@@ -77,6 +77,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A backbone checkpoint could not be read or does not fit.
+    #[error(transparent)]
+    Backbone(#[from] meddino_backbone::Error),
     /// The network failed (bad input shape, build error).
     #[error(transparent)]
     Network(#[from] meddino_decoder::Error),

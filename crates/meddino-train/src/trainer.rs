@@ -22,19 +22,23 @@ use meddino_backbone::{Config, StateDict};
 use meddino_decoder::SegmentationNetwork;
 use nnunet_data::augment::Augmentation2d;
 use nnunet_data::batch::{Batch2d, BatchSampler2d};
+use nnunet_data::io::{write_label_map, ItkGeometry};
 use nnunet_data::preprocess::store::PreprocessedCase;
+use nnunet_data::preprocess::PreprocessingPlan;
 use nnunet_data::split::{crossval_split, read_splits, write_splits, SPLIT_SEED};
 use nnunet_data::{DatasetJson, LabelValue, Plans};
 use serde_json::{json, Map, Value};
 
 use crate::checkpoint::{CheckpointMeta, TrainingCheckpoint};
 use crate::error::{Error, Result};
+use crate::evaluation::{evaluate_folder, foreground_classes, FolderEvaluation};
 use crate::init::seeded_var_builder;
 use crate::loader::{step_seed, BatchLoader, Phase};
 use crate::logs::{PseudoDice, TrainingLogs};
 use crate::loss::{dice_and_ce_loss, DiceReduction};
 use crate::optim::{clip_grad_norm, named_vars, NamedVars, Optimizer};
 use crate::plot::{render_progress, save_png};
+use crate::predict::{logits_to_labels, sliding_window_logits, SlidingWindowOptions};
 use crate::trainers::{NetworkRequest, PretrainedWeights, TrainerSpec};
 
 /// The checkpoint written after every epoch (removed once training finishes).
@@ -359,6 +363,10 @@ pub struct Trainer<'o> {
     num_classes: usize,
     init: Value,
     log_file: PathBuf,
+    /// Preprocessing of the configuration, for exporting validation predictions.
+    plan: PreprocessingPlan,
+    dataset: DatasetJson,
+    dataset_path: PathBuf,
 }
 
 impl std::fmt::Debug for Trainer<'_> {
@@ -549,6 +557,9 @@ impl<'o> Trainer<'o> {
             num_classes,
             init,
             log_file,
+            plan: PreprocessingPlan::from_plans(&plans.value, &configuration.values)?,
+            dataset,
+            dataset_path,
         };
         trainer.write_debug(&train_ids, &val_ids)?;
         trainer.log(&format!(
@@ -842,6 +853,75 @@ impl<'o> Trainer<'o> {
             new_best,
             seconds: started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// nnU-Net's final validation: every validation case is predicted from its preprocessed
+    /// data (sliding windows with mirroring), exported in its original geometry to
+    /// `fold_<f>/validation/{id}{file_ending}`, and scored against the data set's
+    /// `gt_segmentations` (Dice, HD95, NSD 1 mm) into `validation/segmentation_metrics.csv`
+    /// and `validation/summary.json`. Returns the scores, or `None` when there is no
+    /// `gt_segmentations` folder to score against.
+    ///
+    /// # Errors
+    ///
+    /// When a prediction or a file write fails.
+    pub fn validate_final(&self) -> Result<Option<FolderEvaluation>> {
+        let folder = self.options.fold_folder().join("validation");
+        std::fs::create_dir_all(&folder).map_err(|source| Error::Write {
+            path: folder.clone(),
+            source,
+        })?;
+        let ending = self.dataset.file_ending.clone().unwrap_or_else(|| ".nii.gz".into());
+        let options = SlidingWindowOptions::default();
+        for (i, case) in self.val_cases.iter().enumerate() {
+            let path = folder.join(format!("{}{ending}", case.id));
+            let logits = sliding_window_logits(
+                &[self.network.as_ref()],
+                case.data()?,
+                self.train_sampler.augmentation.patch,
+                &options,
+                &self.options.device,
+            )?;
+            let prediction = logits_to_labels(&logits, &case.properties, &self.plan, false)?;
+            let stuff = &case.properties.sitk_stuff;
+            let geometry = ItkGeometry {
+                spacing: stuff.spacing.clone(),
+                origin: stuff.origin.clone(),
+                direction: stuff.direction.clone(),
+            };
+            let labels = prediction.labels;
+            if geometry.spacing.len() == 2 {
+                write_label_map(&path, labels.index_axis(ndarray::Axis(0), 0).into_dyn(), &geometry)?;
+            } else {
+                write_label_map(&path, labels.view().into_dyn(), &geometry)?;
+            }
+            self.log(&format!(
+                "validation: predicted {} ({}/{})",
+                case.id,
+                i + 1,
+                self.val_cases.len()
+            ))?;
+        }
+        let gt = self.options.preprocessed.join("gt_segmentations");
+        if !gt.is_dir() {
+            self.log(&format!(
+                "{} is missing: validation predictions are not scored",
+                gt.display()
+            ))?;
+            return Ok(None);
+        }
+        let classes = foreground_classes(&self.dataset, &self.dataset_path)?;
+        let scores = evaluate_folder(&folder, &gt, &classes, &ending, &Default::default(), &())?;
+        scores.write(&folder)?;
+        let mean = |metric: &str| scores.summary.to_json()["classwise_average"][metric]["mean"].as_f64();
+        self.log(&format!(
+            "validation: mean Dice {}, HD95 {}, NSD {} (class-wise average over {} cases)",
+            mean("dice").map_or("n/a".into(), |v| format!("{v:.4}")),
+            mean("hd95").map_or("n/a".into(), |v| format!("{v:.2}")),
+            mean("nsd").map_or("n/a".into(), |v| format!("{v:.4}")),
+            scores.cases.len()
+        ))?;
+        Ok(Some(scores))
     }
 
     /// Trains the remaining epochs, then writes `checkpoint_final` and removes

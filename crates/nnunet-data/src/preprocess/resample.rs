@@ -140,10 +140,31 @@ pub fn separate_z_axis(current_spacing: [f64; 3], new_spacing: [f64; 3]) -> Opti
 /// Resamples one channel of data (order 3 in-plane or everywhere, nearest slice along a
 /// separate axis), computing in f64.
 pub fn resample_data(channel: ArrayView3<'_, f32>, shape: [usize; 3], separate: Option<usize>) -> Array3<f32> {
+    resample_channel(channel, shape, separate, 3)
+}
+
+/// Resamples one channel of predicted logits back to the original geometry, as nnU-Net's
+/// `resampling_fn_probabilities` (order 1 in-plane or everywhere, nearest slice along a
+/// separate axis), computing in f64.
+pub fn resample_probabilities(channel: ArrayView3<'_, f32>, shape: [usize; 3], separate: Option<usize>) -> Array3<f32> {
+    resample_channel(channel, shape, separate, 1)
+}
+
+fn resample_channel(
+    channel: ArrayView3<'_, f32>,
+    shape: [usize; 3],
+    separate: Option<usize>,
+    order: u8,
+) -> Array3<f32> {
+    if channel.shape() == shape {
+        return channel.to_owned();
+    }
     let volume = channel.mapv(f64::from);
     let out = match separate {
-        None => resize(&volume, shape, 3, &[0, 1, 2]),
-        Some(axis) => per_slice(&volume, shape, axis, |slice, s| resize(slice, s, 3, &in_plane(axis))),
+        None => resize(&volume, shape, order, &[0, 1, 2]),
+        Some(axis) => per_slice(&volume, shape, axis, |slice, s| {
+            resize(slice, s, order, &in_plane(axis))
+        }),
     };
     out.mapv(|v| v as f32)
 }
