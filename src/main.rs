@@ -6,6 +6,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// candle allocates a fresh buffer for every tensor; the system allocator hands large ones
+// back to the kernel on free, so each training step page-faults its activations in again.
+// mimalloc keeps them: 0.33 → 0.19 s per step of the demo network (128², batch 8).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = cli::Cli::parse_from(std::env::args_os().map(cli::nnunet_style_flag));
     cli::init_logging(args.verbosity());

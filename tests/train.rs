@@ -143,6 +143,71 @@ fn trains_two_short_epochs_on_the_reference_phantoms() {
         assert_eq!(ours.geometry, truth.geometry, "{file}");
     }
 
+    // `meddino predict` with the trained fold: every input gets a label map with exactly its
+    // geometry; a second run skips finished cases.
+    let raw_images = reference.file(format!("nnunet/raw/{name}/imagesTr"));
+    let predict = |extra: &[&str]| {
+        let mut args = vec![
+            "predict",
+            "-i",
+            raw_images.to_str().expect("utf-8"),
+            "-o",
+            "predicted",
+            "-d",
+            &name,
+            "-c",
+            &configuration,
+            "-f",
+            "0",
+            "-tr",
+            trainer,
+            "--results",
+            "results",
+            "--disable-tta",
+        ];
+        args.extend_from_slice(extra);
+        dir.meddino(&args)
+    };
+    let stderr = predict(&[]).assert_code(0).stderr();
+    assert!(stderr.contains("predicted with 1 fold"), "{stderr}");
+    let inputs: Vec<String> = std::fs::read_dir(&raw_images)
+        .expect("imagesTr")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    assert!(!inputs.is_empty());
+    for input in &inputs {
+        let case = input.strip_suffix(&format!("_0000{ending}")).expect("channel 0 file");
+        let ours = meddino::data::io::read_image(&dir.path().join("predicted").join(format!("{case}{ending}")))
+            .expect("prediction");
+        let image = meddino::data::io::read_image(&raw_images.join(input)).expect("image");
+        assert_eq!(ours.data.shape(), image.data.shape(), "{case}");
+        assert_eq!(ours.geometry, image.geometry, "{case}");
+    }
+    assert!(predict(&[]).assert_code(0).stderr().contains("already done"));
+
+    // Inputs that do not fit the plans are refused, naming the file.
+    let odd = dir.path().join("odd");
+    std::fs::create_dir_all(&odd).expect("odd");
+    std::fs::copy(raw_images.join(&inputs[0]), odd.join(format!("x_0000{ending}"))).expect("copy");
+    std::fs::copy(raw_images.join(&inputs[0]), odd.join(format!("x_0001{ending}"))).expect("copy");
+    let mut args = vec![
+        "predict",
+        "-i",
+        odd.to_str().expect("utf-8"),
+        "-o",
+        "out2",
+        "-d",
+        &name,
+        "-c",
+        &configuration,
+    ];
+    args.extend(["-f", "0", "-tr", trainer, "--results", "results"]);
+    let stderr = dir.meddino(&args).assert_code(1).stderr();
+    assert!(
+        stderr.contains("case x has 2 channel file(s)") && stderr.contains("takes 1"),
+        "{stderr}"
+    );
+
     let checkpoint = TrainingCheckpoint::load(&fold.join(CHECKPOINT_FINAL), &Device::Cpu).expect("final");
     assert_eq!(checkpoint.meta.current_epoch, 2);
     assert_eq!(checkpoint.meta.optimizer_steps, 6);
@@ -294,4 +359,41 @@ fn a_killed_training_continues_to_the_same_result() {
             assert!(a == b, "{label} {key} differs after resuming");
         }
     }
+}
+
+#[test]
+fn the_demo_runs_end_to_end_within_a_tiny_budget() {
+    // The real demo trains for 9 minutes; this runs every step once (one epoch, one
+    // held-out case) to check the pipeline and the files it leaves.
+    let dir = Dir::new("demo");
+    let run = dir.meddino(&[
+        "demo",
+        "--out",
+        "demo",
+        "--minutes",
+        "0.1",
+        "--train-cases",
+        "5",
+        "--test-cases",
+        "1",
+    ]);
+    let stdout = run.assert_code(0).stdout();
+    for organ in ["liver", "kidney", "spleen"] {
+        assert!(stdout.contains(organ), "the table names {organ}: {stdout}");
+    }
+    assert!(stdout.contains("class-wise mean Dice over 1 held-out"), "{stdout}");
+    let out = dir.path().join("demo");
+    for file in [
+        "predictions/phantom_005.nii.gz",
+        "segmentation_metrics.csv",
+        "summary.json",
+        "progress.png",
+        "overlays.png",
+        "nnUNet_raw/Dataset990_Phantom/dataset.json",
+    ] {
+        assert!(out.join(file).is_file(), "{file} written");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).expect("summary")).expect("json");
+    assert!(summary["classwise_average"]["dice"]["mean"].is_number(), "{summary}");
 }

@@ -1,12 +1,12 @@
 //! Command-line parsing and dispatch for the `meddino` binary.
 //!
-//! Each subcommand mirrors the nnU-Net / MedDINOv3 command it replaces. Subcommands whose
-//! implementation has not landed yet are marked `[not implemented yet]` in `--help`, accept
-//! any arguments, and exit with status 1 saying so.
+//! Each subcommand mirrors the nnU-Net / MedDINOv3 command it replaces.
 
+mod demo;
 mod evaluate;
 mod features;
 mod plan;
+mod predict;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -54,14 +54,6 @@ impl Cli {
     }
 }
 
-/// Arguments of a subcommand that has not been built yet: accepted and ignored, so its
-/// planned usage can be shown without failing at parse time.
-#[derive(Debug, clap::Args)]
-pub struct Pending {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    args: Vec<String>,
-}
-
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Fingerprint, plan and preprocess an nnU-Net raw data set (nnUNetv2_plan_and_preprocess,
@@ -88,13 +80,16 @@ enum Command {
     )]
     Train(train::TrainArgs),
 
-    /// [not implemented yet] Segment volumes with trained folds, sliding windows and mirroring
+    /// Segment volumes with trained folds: sliding windows, Gaussian weighting, mirroring
     /// (nnUNetv2_predict).
-    #[command(long_about = "[not implemented yet] Segment volumes with one or more trained \
-        folds: sliding windows, Gaussian importance, mirroring, as nnUNetv2_predict does.\n\n\
-        Planned usage: meddino predict -i IN_DIR -o OUT_DIR -d DATASET -c CONFIG -f FOLD... \
-        -tr TRAINER [--checkpoint best|final] [--disable-tta] [--device cpu|cuda]")]
-    Predict(Pending),
+    #[command(long_about = "Segment the volumes in a folder with one or more trained folds, as \
+        nnUNetv2_predict does: each case is preprocessed with the plans (crop, normalise, resample), \
+        each slice predicted with sliding patches (step 0.5, Gaussian importance, mirroring over both \
+        in-plane axes unless --disable-tta), the folds' logits averaged, resampled back to the \
+        original geometry and argmaxed; label maps are written with the input's exact geometry. \
+        Reads checkpoints of `meddino train` (checkpoint_*.safetensors) or of the Python MedDINOv3 \
+        trainers (checkpoint_*.pth, with plans.json and dataset.json beside the folds).")]
+    Predict(predict::PredictArgs),
 
     /// Score a folder of predictions with Dice, HD95 and NSD as MedDINOv3 does.
     #[command(long_about = "Score a folder of predicted label maps against reference labels \
@@ -113,24 +108,18 @@ enum Command {
         DIR/similarity.png (cosine similarity of that pixel's patch to every patch).")]
     Features(features::FeaturesArgs),
 
-    /// [not implemented yet] Run the whole pipeline on a built-in CT phantom data set.
-    #[command(long_about = "[not implemented yet] Generate a small CT phantom data set and run \
-        the whole pipeline on it: plan, preprocess, train, predict, evaluate.\n\n\
-        Planned usage: meddino demo [--out DIR] [--minutes M]")]
-    Demo(Pending),
-}
-
-impl Command {
-    fn name(&self) -> &'static str {
-        match self {
-            Command::PlanAndPreprocess(_) => "plan-and-preprocess",
-            Command::Train(_) => "train",
-            Command::Predict(_) => "predict",
-            Command::Evaluate(_) => "evaluate",
-            Command::Features(_) => "features",
-            Command::Demo(_) => "demo",
-        }
-    }
+    /// Run the whole pipeline on generated CT phantoms: plan, preprocess, train, predict,
+    /// evaluate (about 9 minutes on 2 cores).
+    #[command(
+        long_about = "Run the whole pipeline with nothing downloaded: generate abdominal CT \
+        phantoms (liver, kidneys, spleen among unlabelled structures of overlapping Hounsfield \
+        units) in nnU-Net raw format, plan and preprocess them (2d), train a small \
+        Primus_Multiscale (a 4-block DINOv3 ViT) within the time budget on the CPU, predict the \
+        held-out phantoms, score them (Dice, HD95, NSD 1 mm) and print the table. Writes into \
+        --out: nnUNet_raw/, nnUNet_preprocessed/, nnUNet_results/, predictions/ (NIfTI), \
+        segmentation_metrics.csv, summary.json, progress.png and overlays.png."
+    )]
+    Demo(demo::DemoArgs),
 }
 
 /// A worker pool of `threads` threads (one per core when unset), for commands with `--threads`.
@@ -190,7 +179,7 @@ pub fn init_logging(level: tracing::Level) {
 ///
 /// # Errors
 ///
-/// Whatever the command fails with, or "not implemented yet" for commands still to come.
+/// Whatever the command fails with.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let command = cli.command;
     tracing::debug!(?command, "dispatching");
@@ -199,6 +188,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::PlanAndPreprocess(args) => plan::run(args),
         Command::Features(args) => features::run(args),
         Command::Train(args) => train::run(args),
-        pending => bail!("`meddino {}` is not implemented yet", pending.name()),
+        Command::Demo(args) => demo::run(args),
+        Command::Predict(args) => predict::run(args),
     }
 }

@@ -52,6 +52,23 @@ pub struct PlanArgs {
     preprocessed: PathBuf,
 }
 
+impl PlanArgs {
+    /// Arguments for planning and preprocessing `configurations` of data set `dataset`.
+    pub(crate) fn new(dataset: &str, raw: PathBuf, preprocessed: PathBuf, configurations: &[&str]) -> Self {
+        Self {
+            dataset: dataset.to_string(),
+            configurations: configurations.iter().map(|c| c.to_string()).collect(),
+            patch_sizes: Vec::new(),
+            verify: false,
+            clean: false,
+            overwrite: false,
+            threads: None,
+            raw,
+            preprocessed,
+        }
+    }
+}
+
 /// Runs `meddino plan-and-preprocess`.
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let start = Instant::now();

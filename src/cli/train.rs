@@ -108,9 +108,23 @@ impl DeviceArg {
     }
 }
 
-/// A progress bar per epoch; log lines printed above it.
-struct EpochBar {
-    bar: ProgressBar,
+/// A progress bar per epoch; log lines printed above it (to stderr when it is hidden, as
+/// when stderr is not a terminal), all of them or only the per-epoch summary.
+pub(crate) struct EpochBar {
+    pub(crate) bar: ProgressBar,
+    pub(crate) summary_only: bool,
+}
+
+impl EpochBar {
+    /// A bar on stderr.
+    pub(crate) fn new(summary_only: bool) -> Self {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>16} {bar:30} {pos}/{len} {elapsed_precise} {per_sec} {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Self { bar, summary_only }
+    }
 }
 
 impl TrainingObserver for EpochBar {
@@ -126,6 +140,12 @@ impl TrainingObserver for EpochBar {
     }
 
     fn log(&self, line: &str) {
+        let summary = ["Epoch ", "Pseudo dice", "Yayy", "train_loss"]
+            .iter()
+            .any(|p| line.starts_with(p));
+        if self.summary_only && !summary {
+            return;
+        }
         if self.bar.is_hidden() {
             eprintln!("{line}");
         } else {
@@ -160,12 +180,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     options.device = args.device.device()?;
     options.workers = args.workers;
     options.resume = args.resume;
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix:>16} {bar:30} {pos}/{len} {elapsed_precise} {per_sec} {wide_msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let observer = EpochBar { bar };
+    let observer = EpochBar::new(false);
     let mut trainer = Trainer::new(options, &observer)?;
     trainer.fit()?;
     observer.bar.finish_and_clear();

@@ -7,6 +7,12 @@
 //! A stride-2, kernel-2 transposed convolution never overlaps its outputs, so it is one
 //! matrix product per pixel followed by a pixel shuffle; written that way it is exact,
 //! differentiable and runs on the fast matmul path. The 1×1 convolution is a matmul too.
+//!
+//! Internally the decoder works on pixel rows (channels last, `[B·H·W, C]`), and every
+//! per-channel bias and scale is applied inside a matrix product (`[x | 1] @ [W; b]`): the
+//! gradient of a broadcast over leading axes is a strided reduction in candle, which made
+//! up most of the backward pass at full resolution, while the matrix product's gradient
+//! runs on gemm.
 
 use candle_core::{Module, Tensor};
 use candle_nn::{Init, VarBuilder};
@@ -31,11 +37,42 @@ impl LayerNormNd {
     }
 }
 
+impl LayerNormNd {
+    /// LayerNorm over the channels of pixel rows `[N, C]`.
+    fn forward_rows(&self, rows: &Tensor) -> candle_core::Result<Tensor> {
+        let centered = rows.broadcast_sub(&rows.mean_keepdim(1)?)?;
+        let variance = centered.sqr()?.mean_keepdim(1)?;
+        let normalized = centered.broadcast_div(&(variance + self.eps)?.sqrt()?)?;
+        let c = self.weight.dim(0)?;
+        let scale =
+            Tensor::eye(c, self.weight.dtype(), self.weight.device())?.broadcast_mul(&self.weight.unsqueeze(0)?)?;
+        affine_rows(&normalized, &scale, &self.bias)
+    }
+}
+
 impl Module for LayerNormNd {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let channels_last = xs.permute((0, 2, 3, 1))?;
-        meddino_backbone::layer_norm(&channels_last, &self.weight, &self.bias, self.eps)?.permute((0, 3, 1, 2))
+        let (b, c, h, w) = xs.dims4()?;
+        from_rows(&self.forward_rows(&to_rows(xs)?)?, (b, h, w, c))
     }
+}
+
+/// `[B, C, H, W]` → pixel rows `[B·H·W, C]`.
+fn to_rows(xs: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, c, h, w) = xs.dims4()?;
+    xs.permute((0, 2, 3, 1))?.reshape((b * h * w, c))
+}
+
+/// Pixel rows `[B·H·W, C]` → `[B, C, H, W]`.
+fn from_rows(rows: &Tensor, (b, h, w, c): (usize, usize, usize, usize)) -> candle_core::Result<Tensor> {
+    rows.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()
+}
+
+/// `x @ weight + bias` for rows `[N, C_in]`, `weight` `[C_in, C_out]`, `bias` `[C_out]`, as one
+/// matrix product `[x | 1] @ [weight; bias]` (see the module docs for why).
+fn affine_rows(rows: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    let ones = Tensor::ones((rows.dim(0)?, 1), rows.dtype(), rows.device())?;
+    Tensor::cat(&[rows, &ones], 1)?.matmul(&Tensor::cat(&[weight, &bias.unsqueeze(0)?], 0)?)
 }
 
 /// He (Kaiming normal) init with leaky-ReLU slope 0.01, as `InitWeights_He(1e-2)`.
@@ -65,18 +102,25 @@ impl UpConv {
     }
 }
 
+impl UpConv {
+    /// Pixel rows of a `b × h × w` map → the rows of the `b × 2h × 2w` output.
+    fn forward_rows(&self, rows: &Tensor, (b, h, w): (usize, usize, usize)) -> candle_core::Result<Tensor> {
+        let (c_in, c_out) = (self.weight.dim(0)?, self.weight.dim(1)?);
+        // y[b, 2i+a, 2j+e, o] = bias[o] + Σ_c x[b, i, j, c] · W[c, o, a, e]: columns in (a, e, o) order.
+        let weight = self.weight.permute((0, 2, 3, 1))?.reshape((c_in, 4 * c_out))?;
+        let bias = self.bias.repeat(4)?;
+        affine_rows(rows, &weight, &bias)?
+            .reshape((b, h, w, 2, 2, c_out))?
+            .permute((0, 1, 3, 2, 4, 5))?
+            .reshape((b * 2 * h * 2 * w, c_out))
+    }
+}
+
 impl Module for UpConv {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, c_in, h, w) = xs.dims4()?;
+        let (b, _, h, w) = xs.dims4()?;
         let c_out = self.weight.dim(1)?;
-        // y[b, o, 2i+a, 2j+e] = bias[o] + Σ_c x[b, c, i, j] · W[c, o, a, e]
-        let pixels = xs.permute((0, 2, 3, 1))?.reshape((b * h * w, c_in))?;
-        let y = pixels.matmul(&self.weight.reshape((c_in, c_out * 4))?)?;
-        let y = y
-            .reshape((b, h, w, c_out, 2, 2))?
-            .permute((0, 3, 1, 4, 2, 5))?
-            .reshape((b, c_out, 2 * h, 2 * w))?;
-        y.broadcast_add(&self.bias.reshape((1, c_out, 1, 1))?)
+        from_rows(&self.forward_rows(&to_rows(xs)?, (b, h, w))?, (b, 2 * h, 2 * w, c_out))
     }
 }
 
@@ -87,17 +131,17 @@ struct PointwiseConv {
     bias: Tensor,
 }
 
+impl PointwiseConv {
+    fn forward_rows(&self, rows: &Tensor) -> candle_core::Result<Tensor> {
+        let (c_out, c_in) = (self.weight.dim(0)?, self.weight.dim(1)?);
+        affine_rows(rows, &self.weight.reshape((c_out, c_in))?.t()?, &self.bias)
+    }
+}
+
 impl Module for PointwiseConv {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, c_in, h, w) = xs.dims4()?;
-        let c_out = self.weight.dim(0)?;
-        let y = xs
-            .permute((0, 2, 3, 1))?
-            .reshape((b * h * w, c_in))?
-            .matmul(&self.weight.reshape((c_out, c_in))?.t()?)?;
-        y.reshape((b, h, w, c_out))?
-            .permute((0, 3, 1, 2))?
-            .broadcast_add(&self.bias.reshape((1, c_out, 1, 1))?)
+        let (b, _, h, w) = xs.dims4()?;
+        from_rows(&self.forward_rows(&to_rows(xs)?)?, (b, h, w, self.weight.dim(0)?))
     }
 }
 
@@ -148,11 +192,13 @@ impl PatchDecode {
 
 impl Module for PatchDecode {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let mut xs = xs.clone();
+        let (b, _, mut h, mut w) = xs.dims4()?;
+        let mut rows = to_rows(xs)?;
         for (up, norm) in &self.stages {
-            xs = norm.forward(&up.forward(&xs)?)?.gelu_erf()?;
+            rows = norm.forward_rows(&up.forward_rows(&rows, (b, h, w))?)?.gelu_erf()?;
+            (h, w) = (2 * h, 2 * w);
         }
-        self.head.forward(&xs)
+        from_rows(&self.head.forward_rows(&rows)?, (b, h, w, self.head.weight.dim(0)?))
     }
 }
 

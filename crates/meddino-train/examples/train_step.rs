@@ -22,6 +22,11 @@ use meddino_train::TrainerRegistry;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
+// As the `meddino` binary: an allocator that keeps freed pages, so the large activation
+// buffers of every step are not page-faulted in afresh.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Peak resident memory of this process (Linux `VmHWM`), in MiB.
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

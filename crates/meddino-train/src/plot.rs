@@ -97,7 +97,7 @@ fn range<'a>(values: impl Iterator<Item = &'a f64>) -> (f64, f64) {
 
 fn label(value: f64) -> String {
     let magnitude = value.abs();
-    if magnitude != 0.0 && !(1e-2..1e4).contains(&magnitude) {
+    if magnitude != 0.0 && !(1e-3..1e4).contains(&magnitude) {
         format!("{value:.1e}")
     } else {
         format!("{value:.3}")
@@ -279,6 +279,64 @@ pub fn render_progress(logs: &TrainingLogs) -> RgbImage {
     canvas.0
 }
 
+/// Label colours of overlays (label 1, 2, 3, …; repeating).
+const LABEL_COLOURS: [[u8; 3]; 6] = [
+    [230, 57, 70],
+    [42, 157, 143],
+    [69, 123, 230],
+    [244, 162, 97],
+    [168, 85, 247],
+    [233, 196, 106],
+];
+
+/// One row of an overlay figure: a CT slice in HU with its reference and predicted labels
+/// (all `[H, W]`).
+#[derive(Debug, Clone, Copy)]
+pub struct OverlayRow<'a> {
+    /// The slice in Hounsfield units.
+    pub image: ndarray::ArrayView2<'a, f32>,
+    /// Reference labels.
+    pub truth: ndarray::ArrayView2<'a, i32>,
+    /// Predicted labels.
+    pub prediction: ndarray::ArrayView2<'a, i32>,
+}
+
+/// Rows of (image, ground truth, prediction): the slice in a soft-tissue window
+/// (W 400, L 40), then the same slice with each label's colour blended in, each panel
+/// scaled by `zoom`.
+pub fn render_overlays(rows: &[OverlayRow<'_>], zoom: u32) -> RgbImage {
+    let zoom = zoom.max(1);
+    let (h, w) = rows.first().map_or((0, 0), |r| r.image.dim());
+    let (ph, pw) = (h as u32 * zoom, w as u32 * zoom);
+    let gap = 4;
+    let mut out = RgbImage::from_pixel(
+        3 * pw + 2 * gap,
+        rows.len() as u32 * (ph + gap),
+        image::Rgb([255, 255, 255]),
+    );
+    for (r, row) in rows.iter().enumerate() {
+        for (panel, labels) in [None, Some(row.truth), Some(row.prediction)].into_iter().enumerate() {
+            for (y, x) in (0..ph).flat_map(|y| (0..pw).map(move |x| (y, x))) {
+                let (sy, sx) = ((y / zoom) as usize, (x / zoom) as usize);
+                let grey = ((row.image[[sy, sx]] - (40.0 - 200.0)) / 400.0).clamp(0.0, 1.0) * 255.0;
+                let mut pixel = [grey; 3];
+                if let Some(label) = labels.map(|l| l[[sy, sx]]).filter(|&l| l > 0) {
+                    let colour = LABEL_COLOURS[(label as usize - 1) % LABEL_COLOURS.len()];
+                    for (p, c) in pixel.iter_mut().zip(colour) {
+                        *p = 0.45 * *p + 0.55 * f32::from(c);
+                    }
+                }
+                out.put_pixel(
+                    panel as u32 * (pw + gap) + x,
+                    r as u32 * (ph + gap) + y,
+                    image::Rgb(pixel.map(|v| v as u8)),
+                );
+            }
+        }
+    }
+    out
+}
+
 /// Encodes `image` as PNG and writes it atomically.
 ///
 /// # Errors
@@ -304,6 +362,25 @@ pub fn save_png(path: &Path, image: &RgbImage) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlays_colour_labels_in_the_label_panels_only() {
+        let image = ndarray::Array2::from_elem((4, 5), 40f32);
+        let mut truth = ndarray::Array2::<i32>::zeros((4, 5));
+        truth[[1, 1]] = 1;
+        let prediction = ndarray::Array2::<i32>::zeros((4, 5));
+        let row = OverlayRow {
+            image: image.view(),
+            truth: truth.view(),
+            prediction: prediction.view(),
+        };
+        let out = render_overlays(&[row], 2);
+        assert_eq!((out.width(), out.height()), (3 * 10 + 8, 8 + 4));
+        let grey = out.get_pixel(0, 0).0;
+        assert_eq!(grey[0], grey[1], "the image panel is grey");
+        assert_ne!(out.get_pixel(14 + 2, 2).0, grey, "truth label coloured");
+        assert_eq!(out.get_pixel(28 + 2, 2).0, grey, "no predicted label");
+    }
 
     #[test]
     fn draws_series_in_their_colours() {

@@ -22,7 +22,7 @@ use meddino_backbone::{Config, StateDict};
 use meddino_decoder::SegmentationNetwork;
 use nnunet_data::augment::Augmentation2d;
 use nnunet_data::batch::{Batch2d, BatchSampler2d};
-use nnunet_data::io::{write_label_map, ItkGeometry};
+use nnunet_data::io::{ImageWriter, ItkGeometry, NiftiIo};
 use nnunet_data::preprocess::store::PreprocessedCase;
 use nnunet_data::preprocess::PreprocessingPlan;
 use nnunet_data::split::{crossval_split, read_splits, write_splits, SPLIT_SEED};
@@ -363,8 +363,8 @@ pub struct Trainer<'o> {
     num_classes: usize,
     init: Value,
     log_file: PathBuf,
-    /// Preprocessing of the configuration, for exporting validation predictions.
-    plan: PreprocessingPlan,
+    /// The plans configuration, for exporting validation predictions.
+    configuration: Map<String, Value>,
     dataset: DatasetJson,
     dataset_path: PathBuf,
 }
@@ -557,7 +557,7 @@ impl<'o> Trainer<'o> {
             num_classes,
             init,
             log_file,
-            plan: PreprocessingPlan::from_plans(&plans.value, &configuration.values)?,
+            configuration: configuration.values.clone(),
             dataset,
             dataset_path,
         };
@@ -581,6 +581,12 @@ impl<'o> Trainer<'o> {
             trainer.resume()?;
         }
         Ok(trainer)
+    }
+
+    /// Changes the number of epochs (e.g. to fit a time budget once an epoch's duration is
+    /// known); the learning-rate schedule follows the new total from the next epoch on.
+    pub fn set_epochs(&mut self, epochs: usize) {
+        self.options.epochs = epochs.max(self.epoch);
     }
 
     /// Trainable parameters.
@@ -872,6 +878,7 @@ impl<'o> Trainer<'o> {
             source,
         })?;
         let ending = self.dataset.file_ending.clone().unwrap_or_else(|| ".nii.gz".into());
+        let plan = PreprocessingPlan::from_plans(&self.init["plans"], &self.configuration)?;
         let options = SlidingWindowOptions::default();
         for (i, case) in self.val_cases.iter().enumerate() {
             let path = folder.join(format!("{}{ending}", case.id));
@@ -882,19 +889,14 @@ impl<'o> Trainer<'o> {
                 &options,
                 &self.options.device,
             )?;
-            let prediction = logits_to_labels(&logits, &case.properties, &self.plan, false)?;
+            let prediction = logits_to_labels(&logits, &case.properties, &plan, false)?;
             let stuff = &case.properties.sitk_stuff;
             let geometry = ItkGeometry {
                 spacing: stuff.spacing.clone(),
                 origin: stuff.origin.clone(),
                 direction: stuff.direction.clone(),
             };
-            let labels = prediction.labels;
-            if geometry.spacing.len() == 2 {
-                write_label_map(&path, labels.index_axis(ndarray::Axis(0), 0).into_dyn(), &geometry)?;
-            } else {
-                write_label_map(&path, labels.view().into_dyn(), &geometry)?;
-            }
+            NiftiIo.write_seg(prediction.labels.view(), &path, &geometry)?;
             self.log(&format!(
                 "validation: predicted {} ({}/{})",
                 case.id,

@@ -287,6 +287,24 @@ impl TrainerRegistry {
                     optimizer: dinov3_adamw(3e-4),
                     schedule: Schedule::Linear,
                 },
+                TrainerSpec {
+                    name: "phantom_demo_Trainer",
+                    summary: "ours, for `meddino demo`: Primus_Multiscale on a randomly initialised vit_micro \
+                              (MedDINOv3's construction arguments), AdamW 1e-3 for all",
+                    backbone: Some(BackboneSpec {
+                        preset: "vit_micro",
+                        construct: meddinov3_construct,
+                        weights: PretrainedWeights::Scratch,
+                    }),
+                    build: build_primus_multiscale,
+                    optimizer: OptimizerSpec::AdamW {
+                        decoder_lr: 1e-3,
+                        encoder_lr: 1e-3,
+                        weight_decay: 0.05,
+                        betas: (0.9, 0.98),
+                    },
+                    schedule: Schedule::Linear,
+                },
             ],
         }
     }

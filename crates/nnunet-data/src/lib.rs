@@ -20,6 +20,7 @@ pub mod dataset;
 mod error;
 pub mod fingerprint;
 pub mod io;
+pub mod phantom;
 pub mod plan;
 pub mod preprocess;
 pub mod random;

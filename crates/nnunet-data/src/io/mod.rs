@@ -10,7 +10,7 @@ pub mod write;
 pub use self::atomic::write_atomic;
 pub use self::geometry::ItkGeometry;
 pub use self::nifti::{read_image, read_label_map, Image, LabelMap};
-pub use self::write::write_label_map;
+pub use self::write::{write_ct_image, write_label_map};
 
 use std::path::PathBuf;
 

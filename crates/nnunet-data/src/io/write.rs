@@ -131,6 +131,49 @@ pub fn write_label_map(path: &Path, labels: ArrayViewD<'_, i32>, geometry: &ItkG
     if labels.iter().any(|&v| !(0..=i32::from(u16::MAX)).contains(&v)) {
         return Err(fail("label values must lie in 0..=65535".into()));
     }
+    // NIfTI order is (x, y, z): reversing the axes of the C-order (z, y, x) array.
+    let xyz = labels.reversed_axes();
+    write_atomically(path, geometry, |options| {
+        if max < 255 {
+            options.write_nifti(&xyz.mapv(|v| v as u8))
+        } else {
+            options.write_nifti(&xyz.mapv(|v| v as u16))
+        }
+    })
+}
+
+/// Writes a CT image in Hounsfield units as int16 (as scanners store them), in array order
+/// ((Z,) Y, X) with `geometry`, atomically.
+///
+/// # Errors
+///
+/// When the rank does not match the geometry or the file cannot be written.
+pub fn write_ct_image(path: &Path, image: ArrayViewD<'_, i16>, geometry: &ItkGeometry) -> Result<()> {
+    if image.ndim() != geometry.spacing.len() || !(2..=3).contains(&image.ndim()) {
+        return Err(Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(format!(
+                "image of shape {:?} does not fit a {}-D geometry",
+                image.shape(),
+                geometry.spacing.len()
+            )),
+        });
+    }
+    let xyz = image.reversed_axes();
+    write_atomically(path, geometry, |options| options.write_nifti(&xyz))
+}
+
+/// Runs `write` on writer options for a temporary file beside `path` with `geometry`'s
+/// header, then renames it to `path`; nothing is left behind on failure.
+fn write_atomically(
+    path: &Path,
+    geometry: &ItkGeometry,
+    write: impl FnOnce(WriterOptions<'_>) -> std::result::Result<(), nifti::NiftiError>,
+) -> Result<()> {
+    let fail = |message: String| Error::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(message),
+    };
     let header = header_for(geometry);
     // The writer picks compression from the ending and rewrites everything after the last
     // dots of the name, so the temporary name has no other dots; a counter keeps parallel
@@ -143,15 +186,7 @@ pub fn write_label_map(path: &Path, labels: ArrayViewD<'_, i32>, geometry: &ItkG
     let ending = if name.ends_with(".gz") { "nii.gz" } else { "nii" };
     let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
     let temporary = path.with_file_name(format!(".meddino-tmp-{}-{unique}.{ending}", std::process::id()));
-    // NIfTI order is (x, y, z): reversing the axes of the C-order (z, y, x) array.
-    let xyz = labels.reversed_axes();
-    let options = WriterOptions::new(&temporary).reference_header(&header);
-    let written = if max < 255 {
-        options.write_nifti(&xyz.mapv(|v| v as u8))
-    } else {
-        options.write_nifti(&xyz.mapv(|v| v as u16))
-    };
-    let result = match written {
+    let result = match write(WriterOptions::new(&temporary).reference_header(&header)) {
         Ok(()) => std::fs::rename(&temporary, path).map_err(|e| fail(e.to_string())),
         Err(e) => Err(fail(e.to_string())),
     };

@@ -1,0 +1,247 @@
+//! `meddino predict`: nnUNetv2_predict with trained folds.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use meddino::data::io::{read_images, write_atomic, ImageWriter, NiftiIo};
+use meddino::data::preprocess::PreprocessingPlan;
+use meddino::train::model::TrainedModel;
+use meddino::train::predict::{predict_volume, SlidingWindowOptions};
+use meddino::train::trainer::{CHECKPOINT_BEST, CHECKPOINT_FINAL};
+use meddino::train::TrainerRegistry;
+
+use super::train::DeviceArg;
+
+/// Arguments of `meddino predict`.
+#[derive(Debug, clap::Args)]
+pub struct PredictArgs {
+    /// Input folder: files `{case}_{XXXX}{ending}`, one per channel, as imagesTs.
+    #[arg(short = 'i', long = "input", value_name = "DIR")]
+    input: PathBuf,
+
+    /// Output folder (created): `{case}{ending}` label maps in the inputs' geometry.
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    output: PathBuf,
+
+    /// Data set id or name under the results folder.
+    #[arg(short = 'd', long = "dataset", value_name = "DATASET")]
+    dataset: String,
+
+    /// Configuration the model was trained on.
+    #[arg(short = 'c', long = "configuration", value_name = "CONFIG")]
+    configuration: String,
+
+    /// Folds to ensemble (their logits are averaged) [default: 0 1 2 3 4, those present].
+    #[arg(short = 'f', long = "folds", value_name = "FOLD", num_args = 1..)]
+    folds: Vec<String>,
+
+    /// Trainer, also as `-tr`.
+    #[arg(
+        long = "tr",
+        visible_alias = "trainer",
+        value_name = "TRAINER",
+        default_value = "nnUNetTrainer"
+    )]
+    trainer: String,
+
+    /// Plans identifier.
+    #[arg(short = 'p', long = "plans", default_value = "nnUNetPlans")]
+    plans: String,
+
+    /// Which checkpoint of each fold.
+    #[arg(long, value_enum, default_value = "final")]
+    checkpoint: CheckpointArg,
+
+    /// No mirroring test-time augmentation (4× faster).
+    #[arg(long)]
+    disable_tta: bool,
+
+    /// Also write `{case}.npz`-free probabilities: `{case}_probabilities.npy` (float32, K×Z×Y×X).
+    #[arg(long)]
+    save_probabilities: bool,
+
+    /// Predict cases whose output exists again.
+    #[arg(long)]
+    overwrite: bool,
+
+    /// Where to predict.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+
+    /// Tiles per forward pass.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    tile_batch: usize,
+
+    /// nnU-Net results folder [default: $nnUNet_results].
+    #[arg(long, value_name = "DIR", env = "nnUNet_results")]
+    results: PathBuf,
+}
+
+/// `--checkpoint`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CheckpointArg {
+    /// `checkpoint_final`.
+    Final,
+    /// `checkpoint_best` (best EMA pseudo Dice).
+    Best,
+}
+
+/// The checkpoint file of a fold: ours (safetensors) or the Python trainers' `.pth`.
+fn checkpoint_file(fold: &Path, which: CheckpointArg) -> Option<PathBuf> {
+    let ours = match which {
+        CheckpointArg::Final => CHECKPOINT_FINAL,
+        CheckpointArg::Best => CHECKPOINT_BEST,
+    };
+    let pth = ours.replace(".safetensors", ".pth");
+    [fold.join(ours), fold.join(pth)].into_iter().find(|p| p.is_file())
+}
+
+/// Groups `{case}_{XXXX}{ending}` files by case, checking the channel count.
+fn input_cases(input: &Path, ending: &str, channels: usize) -> anyhow::Result<BTreeMap<String, Vec<PathBuf>>> {
+    let mut cases: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    let entries = std::fs::read_dir(input).with_context(|| format!("cannot list {}", input.display()))?;
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(ending) else {
+            continue;
+        };
+        let Some((case, channel)) = stem
+            .rsplit_once('_')
+            .filter(|(_, c)| c.len() == 4 && c.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            bail!(
+                "{}: not named {{case}}_{{XXXX}}{ending} (XXXX the channel)",
+                input.join(&name).display()
+            );
+        };
+        let _ = channel;
+        cases.entry(case.to_string()).or_default().push(input.join(&name));
+    }
+    if cases.is_empty() {
+        bail!("no input files ending in {ending:?} in {}", input.display());
+    }
+    for (case, files) in &mut cases {
+        files.sort();
+        if files.len() != channels {
+            bail!(
+                "case {case} has {} channel file(s) in {}, the model takes {channels} ({})",
+                files.len(),
+                input.display(),
+                files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    Ok(cases)
+}
+
+/// Runs `meddino predict`.
+pub fn run(args: PredictArgs) -> anyhow::Result<()> {
+    let dataset_folder = super::find_dataset(&args.results, &args.dataset)?;
+    let trainer_folder = dataset_folder.join(format!("{}__{}__{}", args.trainer, args.plans, args.configuration));
+    anyhow::ensure!(
+        trainer_folder.is_dir(),
+        "no trained model {} (train with `meddino train … -tr {}` first)",
+        trainer_folder.display(),
+        args.trainer
+    );
+    let folds: Vec<String> = if args.folds.is_empty() {
+        (0..5)
+            .map(|f| f.to_string())
+            .filter(|f| trainer_folder.join(format!("fold_{f}")).is_dir())
+            .collect()
+    } else {
+        args.folds.clone()
+    };
+    anyhow::ensure!(!folds.is_empty(), "no fold_* folder in {}", trainer_folder.display());
+    let device = args.device.device()?;
+    let registry = TrainerRegistry::builtin();
+    let mut models = Vec::new();
+    for fold in &folds {
+        let folder = trainer_folder.join(format!("fold_{fold}"));
+        let path = checkpoint_file(&folder, args.checkpoint).with_context(|| {
+            format!(
+                "fold {fold}: no {:?} checkpoint in {}",
+                args.checkpoint,
+                folder.display()
+            )
+        })?;
+        let model = TrainedModel::load(
+            &path,
+            &registry,
+            &trainer_folder,
+            (&args.trainer, &args.configuration),
+            &device,
+        )
+        .with_context(|| format!("fold {fold}"))?;
+        models.push(model);
+    }
+    let first = &models[0];
+    let configuration = first.plans.configuration(&first.configuration)?;
+    let plan = PreprocessingPlan::from_plans(&first.plans.value, &configuration)?;
+    let patch: Vec<usize> =
+        serde_json::from_value(configuration["patch_size"].clone()).context("the plans' patch_size")?;
+    let patch: [usize; 2] = patch
+        .try_into()
+        .map_err(|p| anyhow::anyhow!("patch_size {p:?} is not 2-D; only 2-D configurations predict here"))?;
+    let ending = first.dataset.file_ending.clone().unwrap_or_else(|| ".nii.gz".into());
+    let channels = first.dataset.channel_names.len().max(1);
+    let cases = input_cases(&args.input, &ending, channels)?;
+    std::fs::create_dir_all(&args.output).with_context(|| format!("cannot create {}", args.output.display()))?;
+
+    let networks: Vec<&dyn meddino::decoder::SegmentationNetwork> = models.iter().map(|m| m.network.as_ref()).collect();
+    let options = SlidingWindowOptions {
+        mirroring: !args.disable_tta,
+        tile_batch: args.tile_batch,
+        ..SlidingWindowOptions::default()
+    };
+    let bar = ProgressBar::new(cases.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>10} {bar:30} {pos}/{len} {elapsed_precise} {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix("predict");
+    let mut skipped = 0;
+    for (case, files) in &cases {
+        let out = args.output.join(format!("{case}{ending}"));
+        if out.is_file() && !args.overwrite {
+            skipped += 1;
+            bar.inc(1);
+            continue;
+        }
+        bar.set_message(case.clone());
+        let volume = read_images(files)?;
+        let prediction = predict_volume(
+            &networks,
+            &volume,
+            &plan,
+            patch,
+            &options,
+            args.save_probabilities,
+            &device,
+        )
+        .with_context(|| format!("case {case}"))?;
+        if let Some(probabilities) = &prediction.probabilities {
+            let path = args.output.join(format!("{case}_probabilities.npy"));
+            write_atomic(&path, |w| {
+                ndarray_npy::WriteNpyExt::write_npy(probabilities, w).map_err(std::io::Error::other)
+            })?;
+        }
+        NiftiIo.write_seg(prediction.labels.view(), &out, &volume.geometry)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    eprintln!(
+        "{} case(s) predicted with {} fold(s) ({}), {skipped} already done, into {}",
+        cases.len() - skipped,
+        folds.len(),
+        folds.join(", "),
+        args.output.display()
+    );
+    Ok(())
+}
