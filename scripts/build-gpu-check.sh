@@ -3,6 +3,7 @@
 # gpu/ (git-ignored; carry it with the device tool's `carry: ["gpu"]`):
 #   gpu/gpu_check.xz   the decoder's gpu_check example built with `--features cuda`, linked
 #                      against stand-in CUDA libraries (the GPU machine has the real ones)
+#   gpu/train_step.xz  meddino-train's training-step benchmark, built the same way
 #   gpu/reference/     the few reference files it reads (the whole folder exceeds 64 MiB)
 # usage: scripts/build-gpu-check.sh   (from the repository root, ../shared beside it)
 set -euo pipefail
@@ -22,9 +23,10 @@ done
 export CARGO_TARGET_DIR=${MEDDINO_CACHE_DIR:-$HOME/.cache/meddino}/target-cuda
 # `--workspace` resolves features as CI's check does; `-p` alone would change them and
 # rebuild candle-kernels (~20 minutes).
-cargo build --workspace --features cuda --example gpu_check
+cargo build --workspace --features cuda --example gpu_check --example train_step
 mkdir -p gpu/reference/models
 xz -T2 -6 -c "$CARGO_TARGET_DIR/debug/examples/gpu_check" > gpu/gpu_check.xz
+xz -T2 -6 -c "$CARGO_TARGET_DIR/debug/examples/train_step" > gpu/train_step.xz
 for file in manifest.json ms_deform_attn_core.safetensors primus_multiscale.io.safetensors \
             primus_multiscale.weights.safetensors; do
   cp "$reference/models/$file" gpu/reference/models/

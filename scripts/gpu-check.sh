@@ -7,7 +7,9 @@
 #      forward+backward time at the Dino U-Net's size (gpu_check, Rust);
 #   2. the same op written with PyTorch (grid_sample, autograd) timed at the same size on the
 #      same GPU (scripts/msda_torch_bench.py);
-#   3. a table of both, printed last.
+#   3. a table of both;
+#   4. seconds per training step of the MedDINOv3 network (ViT-B/16 + Primus_Multiscale,
+#      AdamW, f32) on the GPU at 224², 448² and 896², batch 2 (train_step, Rust).
 # Exit status: non-zero when a check fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -39,4 +41,11 @@ echo "deformable attention, f32 forward+backward, Lq 5376 (512² image: 1/8+1/16
 printf '%-40s %12s\n' "implementation" "median ms"
 printf '%-40s %12s\n' "meddino CUDA kernels" "${ours:-n/a}"
 printf '%-40s %12s\n' "PyTorch grid_sample + autograd" "${torch:-n/a}"
+
+if [[ -f gpu/train_step.xz ]]; then
+  "$python" -c 'import lzma, sys; open(sys.argv[2], "wb").write(lzma.open(sys.argv[1]).read())' gpu/train_step.xz "$work/train_step"
+  chmod +x "$work/train_step"
+  echo
+  "$work/train_step" --device cuda --sizes 224,448,896 --batch 2 --steps 3 || status=$?
+fi
 exit $status
