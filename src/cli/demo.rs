@@ -211,15 +211,15 @@ fn write_overlays(
             .mapv(|v| v as i32)
             .into_dimensionality::<meddino::data::ndarray::Ix3>()
             .context("a 3-D label map")?;
-        // The slice showing the most organs, and of those the most organ voxels.
+        // The slice showing the most organs, and of those the one whose smallest organ is
+        // largest.
         let slice = (0..truth.dim().0)
             .max_by_key(|&z| {
-                let labels = truth.slice(s![z, .., ..]);
-                let mut present: Vec<i32> = labels.iter().copied().filter(|&v| v > 0).collect();
-                let voxels = present.len();
-                present.sort_unstable();
-                present.dedup();
-                (present.len(), voxels)
+                let mut voxels = std::collections::BTreeMap::<i32, usize>::new();
+                for &label in truth.slice(s![z, .., ..]).iter().filter(|&&v| v > 0) {
+                    *voxels.entry(label).or_default() += 1;
+                }
+                (voxels.len(), voxels.values().copied().min().unwrap_or(0))
             })
             .unwrap_or(0);
         rows.push((

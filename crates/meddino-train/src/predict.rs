@@ -218,16 +218,7 @@ pub fn logits_to_labels(
 ) -> Result<Prediction> {
     let tf = plan.transpose_forward;
     let original = tf.map(|a| properties.spacing[a]);
-    let current: [f64; 3] = match plan.spacing[..] {
-        [y, x] => [original[0], y, x],
-        [z, y, x] => [z, y, x],
-        _ => {
-            return Err(Error::Setup(format!(
-                "plans spacing {:?} has neither 2 nor 3 entries",
-                plan.spacing
-            )))
-        }
-    };
+    let current = plan.target_spacing(original)?;
     let shape = properties.shape_after_cropping_and_before_resampling;
     let separate = separate_z_axis(current, original);
     let classes = logits.dim().0;

@@ -93,7 +93,7 @@ mod tests {
 
     use super::*;
     use crate::preprocess::store::{class_locations, write_case};
-    use crate::preprocess::{CaseProperties, Preprocessed, SitkStuff};
+    use crate::preprocess::{CaseProperties, Preprocessed};
 
     /// A case whose image is +1 inside a disc labelled 1 and −1 outside, so every label
     /// can be checked against the image it came with.
@@ -102,17 +102,7 @@ mod tests {
         let inside = |yy: usize, xx: usize| (yy as f64 - 35.0).powi(2) + (xx as f64 - 30.0).powi(2) < 100.0;
         let data = Array4::from_shape_fn((1, z, y, x), |(_, _, yy, xx)| if inside(yy, xx) { 1f32 } else { -1.0 });
         let seg = Array4::from_shape_fn((1, z, y, x), |(_, _, yy, xx)| i16::from(inside(yy, xx)));
-        let properties = CaseProperties {
-            sitk_stuff: SitkStuff {
-                spacing: vec![1.0; 3],
-                origin: vec![0.0; 3],
-                direction: vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-            },
-            spacing: [1.0; 3],
-            shape_before_cropping: [z, y, x],
-            bbox_used_for_cropping: [[0, z], [0, y], [0, x]],
-            shape_after_cropping_and_before_resampling: [z, y, x],
-        };
+        let properties = CaseProperties::uncropped([z, y, x], [1.0; 3]);
         let locations = class_locations(&seg, &[1]);
         let case = Preprocessed { data, seg, properties };
         write_case(folder, id, &case, &locations).expect("write");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use meddino_train::data::ndarray::Array4;
 use meddino_train::data::preprocess::store::{class_locations, write_case};
-use meddino_train::data::preprocess::{CaseProperties, Preprocessed, SitkStuff};
+use meddino_train::data::preprocess::{CaseProperties, Preprocessed};
 use meddino_train::data::random::RandomState;
 use serde_json::json;
 
@@ -57,17 +57,7 @@ pub fn shapes_dataset(root: &Path, cases: usize, slices: usize, size: usize, pat
                 }
             }
         }
-        let properties = CaseProperties {
-            sitk_stuff: SitkStuff {
-                spacing: vec![1.0; 3],
-                origin: vec![0.0; 3],
-                direction: vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-            },
-            spacing: [1.0; 3],
-            shape_before_cropping: [slices, size, size],
-            bbox_used_for_cropping: [[0, slices], [0, size], [0, size]],
-            shape_after_cropping_and_before_resampling: [slices, size, size],
-        };
+        let properties = CaseProperties::uncropped([slices, size, size], [1.0; 3]);
         let locations = class_locations(&seg, &[1, 2]);
         let case = Preprocessed { data, seg, properties };
         write_case(&data_folder, &format!("shape_{c:03}"), &case, &locations).expect("write case");

@@ -114,6 +114,41 @@ impl PreprocessingPlan {
             intensity_properties,
         })
     }
+
+    /// The spacing a case of (transposed) spacing `original` is resampled to: the
+    /// configuration's, with the case's own slice spacing kept for 2-D configurations.
+    ///
+    /// # Errors
+    ///
+    /// When the configuration's spacing has neither 2 nor 3 entries.
+    pub fn target_spacing(&self, original: [f64; 3]) -> Result<[f64; 3]> {
+        match self.spacing[..] {
+            [y, x] => Ok([original[0], y, x]),
+            [z, y, x] => Ok([z, y, x]),
+            _ => Err(Error::Plan(format!(
+                "spacing {:?} must have 2 or 3 entries",
+                self.spacing
+            ))),
+        }
+    }
+}
+
+impl CaseProperties {
+    /// The bookkeeping of a case that was neither cropped nor resampled: `shape` (Z, Y, X)
+    /// at `spacing`, identity direction, origin 0 (synthetic and test data).
+    pub fn uncropped(shape: [usize; 3], spacing: [f64; 3]) -> Self {
+        Self {
+            sitk_stuff: SitkStuff {
+                spacing: vec![spacing[2], spacing[1], spacing[0]],
+                origin: vec![0.0; 3],
+                direction: vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+            },
+            spacing,
+            shape_before_cropping: shape,
+            bbox_used_for_cropping: [[0, shape[0]], [0, shape[1]], [0, shape[2]]],
+            shape_after_cropping_and_before_resampling: shape,
+        }
+    }
 }
 
 /// Preprocesses one case (images and, for training, its label as read).
@@ -153,16 +188,7 @@ pub fn preprocess_case(images: &Volume, label: Option<&Volume>, plan: &Preproces
     let shape_before = [data.dim().1, data.dim().2, data.dim().3];
     let mut cropped = crop_to_nonzero(data.view(), seg.view());
     let shape_after = [cropped.data.dim().1, cropped.data.dim().2, cropped.data.dim().3];
-    let target: [f64; 3] = match plan.spacing[..] {
-        [y, x] => [spacing[0], y, x],
-        [z, y, x] => [z, y, x],
-        _ => {
-            return Err(Error::Plan(format!(
-                "spacing {:?} must have 2 or 3 entries",
-                plan.spacing
-            )))
-        }
-    };
+    let target = plan.target_spacing(spacing)?;
     let shape = new_shape(shape_after, spacing, target);
     let seg0 = cropped.seg.index_axis(Axis(0), 0).to_owned();
     for (c, mut channel) in cropped.data.outer_iter_mut().enumerate() {
