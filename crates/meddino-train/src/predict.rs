@@ -419,6 +419,21 @@ mod tests {
     }
 
     #[test]
+    fn folds_are_averaged_in_logit_space() {
+        let data = ramp(1, 16, 16);
+        let options = SlidingWindowOptions {
+            mirroring: false,
+            ..SlidingWindowOptions::default()
+        };
+        let folds: [&dyn SegmentationNetwork; 2] = [&Probe::Identity, &Probe::Column];
+        let logits = sliding_window_logits(&folds, data.view(), [16, 16], &options, &Device::Cpu).expect("ensemble");
+        for ((y, x), &v) in logits.index_axis(Axis(0), 1).index_axis(Axis(0), 0).indexed_iter() {
+            let expected = (data[[0, 0, y, x]] + x as f32) / 2.0;
+            assert!((v - expected).abs() < 1e-5, "({y}, {x}): {v} vs {expected}");
+        }
+    }
+
+    #[test]
     fn mirroring_averages_the_four_flips() {
         let data = ramp(1, 16, 16);
         // Without mirroring a single tile shows the column ramp; with it, columns x and
