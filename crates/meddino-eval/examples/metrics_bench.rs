@@ -2,8 +2,8 @@
 //! for every foreground class, cases in parallel.
 //!
 //! ```text
-//! cargo run --release -p meddino-eval --example bench -- DIR_PRED DIR_LABELS DATASET_JSON [--surfel]
-//! cargo run --release -p meddino-eval --example bench -- --generate DIR [--cases 3] [--size 512x512x100]
+//! cargo run --release -p meddino-eval --example metrics_bench -- DIR_PRED DIR_LABELS DATASET_JSON [--surfel]
+//! cargo run --release -p meddino-eval --example metrics_bench -- --generate DIR [--cases 3] [--size 512x512x100]
 //! ```
 //!
 //! `--generate` writes a synthetic folder (`DIR/pred`, `DIR/labels`, `DIR/dataset.json`) of

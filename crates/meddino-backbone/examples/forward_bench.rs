@@ -1,7 +1,7 @@
 //! Times one forward pass of a DINOv3 backbone with random weights.
 //!
 //! ```text
-//! cargo run --release -p meddino-backbone --example bench -- --arch vit_base --size 448 --repeats 3 [--batch 1] [--device cpu|cuda]
+//! cargo run --release -p meddino-backbone --example forward_bench -- --arch vit_base --size 448 --repeats 3 [--batch 1] [--device cpu|cuda]
 //! ```
 //!
 //! Prints each pass and, last, `median_s=<seconds>` (f32, `forward_features`).
