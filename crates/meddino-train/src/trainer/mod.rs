@@ -9,37 +9,37 @@
 //! the checkpoints (`checkpoint_*.safetensors`), `training_log_*.txt`, `progress.png` and
 //! `debug.json`.
 
+mod options;
+mod setup;
+mod validation;
+
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use candle_nn::VarMap;
-use meddino_backbone::{Config, StateDict};
 use meddino_decoder::SegmentationNetwork;
 use nnunet_data::augment::Augmentation2d;
 use nnunet_data::batch::{Batch2d, BatchSampler2d};
-use nnunet_data::io::{ImageWriter, ItkGeometry, NiftiIo};
 use nnunet_data::preprocess::store::PreprocessedCase;
-use nnunet_data::preprocess::PreprocessingPlan;
-use nnunet_data::split::{crossval_split, read_splits, write_splits, SPLIT_SEED};
 use nnunet_data::{DatasetJson, LabelValue, Plans};
 use serde_json::{json, Map, Value};
 
+pub use self::options::{EpochSummary, Silent, TrainOptions, TrainingObserver};
+use self::setup::{fold_cases, load_pretrained, open_cases, PlansConfiguration};
 use crate::checkpoint::{CheckpointMeta, TrainingCheckpoint};
 use crate::error::{Error, Result};
-use crate::evaluation::{evaluate_folder, foreground_classes, FolderEvaluation};
 use crate::init::seeded_var_builder;
 use crate::loader::{step_seed, BatchLoader, Phase};
 use crate::logs::{PseudoDice, TrainingLogs};
 use crate::loss::{dice_and_ce_loss, DiceReduction};
 use crate::optim::{clip_grad_norm, named_vars, NamedVars, Optimizer};
 use crate::plot::{render_progress, save_png};
-use crate::predict::{logits_to_labels, sliding_window_logits, SlidingWindowOptions};
-use crate::trainers::{NetworkRequest, PretrainedWeights, TrainerSpec};
+use crate::trainers::{NetworkRequest, PretrainedWeights};
 
 /// The checkpoint written after every epoch (removed once training finishes).
 pub const CHECKPOINT_LATEST: &str = "checkpoint_latest.safetensors";
@@ -51,298 +51,10 @@ pub const CHECKPOINT_FINAL: &str = "checkpoint_final.safetensors";
 /// nnU-Net's gradient-norm cap.
 const MAX_GRAD_NORM: f64 = 12.0;
 
-/// Everything `meddino train` decides.
-#[derive(Debug, Clone)]
-pub struct TrainOptions {
-    /// The data set's folder in `nnUNet_preprocessed`.
-    pub preprocessed: PathBuf,
-    /// Plans identifier (`nnUNetPlans`).
-    pub plans: String,
-    /// Configuration (`2d`, `2d_896`, …).
-    pub configuration: String,
-    /// Fold: `0`…`4` (splits_final.json), or `all` (train and validate on every case).
-    pub fold: String,
-    /// The trainer.
-    pub trainer: TrainerSpec,
-    /// The data set's folder in `nnUNet_results` (the trainer folder is made inside).
-    pub results: PathBuf,
-    /// Another backbone size preset than the trainer's.
-    pub backbone: Option<String>,
-    /// Pretrained backbone weights.
-    pub pretrained: Option<PathBuf>,
-    /// Epochs (nnU-Net: 1000).
-    pub epochs: usize,
-    /// Training iterations per epoch (250).
-    pub iterations: usize,
-    /// Validation iterations per epoch (50).
-    pub val_iterations: usize,
-    /// Batch size instead of the plans'.
-    pub batch_size: Option<usize>,
-    /// Seed of initialisation, batches and stochastic depth.
-    pub seed: u64,
-    /// Where the network runs.
-    pub device: Device,
-    /// Batch-building threads.
-    pub workers: usize,
-    /// Resume from `checkpoint_latest` when there is one.
-    pub resume: bool,
-}
-
-impl TrainOptions {
-    /// nnU-Net's defaults for `trainer` on a data set: 1000 × 250 iterations, 50 validation
-    /// iterations, seed 0, CPU, two loader threads.
-    pub fn new(preprocessed: PathBuf, results: PathBuf, configuration: &str, fold: &str, trainer: TrainerSpec) -> Self {
-        Self {
-            preprocessed,
-            plans: "nnUNetPlans".into(),
-            configuration: configuration.into(),
-            fold: fold.into(),
-            trainer,
-            results,
-            backbone: None,
-            pretrained: None,
-            epochs: 1000,
-            iterations: 250,
-            val_iterations: 50,
-            batch_size: None,
-            seed: 0,
-            device: Device::Cpu,
-            workers: 2,
-            resume: false,
-        }
-    }
-
-    /// `<results>/<trainer>__<plans>__<configuration>`.
-    pub fn trainer_folder(&self) -> PathBuf {
-        self.results
-            .join(format!("{}__{}__{}", self.trainer.name, self.plans, self.configuration))
-    }
-
-    /// `<trainer folder>/fold_<fold>`.
-    pub fn fold_folder(&self) -> PathBuf {
-        self.trainer_folder().join(format!("fold_{}", self.fold))
-    }
-}
-
-/// One finished epoch, as reported to observers.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EpochSummary {
-    /// 0-based epoch.
-    pub epoch: usize,
-    /// Mean training loss.
-    pub train_loss: f64,
-    /// Mean validation loss.
-    pub val_loss: f64,
-    /// Pseudo Dice per foreground class.
-    pub pseudo_dice: Vec<f64>,
-    /// Its EMA.
-    pub ema: f64,
-    /// Whether the EMA improved (and `checkpoint_best` was written).
-    pub new_best: bool,
-    /// Seconds the epoch took.
-    pub seconds: f64,
-}
-
-/// Progress callbacks (a progress bar in the CLI). Log lines also go to the log file.
-pub trait TrainingObserver {
-    /// An epoch begins with `iterations` training iterations.
-    fn epoch_started(&self, _epoch: usize, _epochs: usize, _iterations: usize) {}
-    /// One training iteration finished with this loss.
-    fn iteration(&self, _loss: f64) {}
-    /// A log line (also written to the training log).
-    fn log(&self, _line: &str) {}
-}
-
-/// An observer that ignores everything.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Silent;
-
-impl TrainingObserver for Silent {}
-
-/// The plans entries training needs.
-#[derive(Debug, Clone)]
-struct PlansConfiguration {
-    patch: [usize; 2],
-    batch_size: usize,
-    batch_dice: bool,
-    data_identifier: String,
-    mask_image: bool,
-    values: Map<String, Value>,
-}
-
-impl PlansConfiguration {
-    fn read(plans: &Plans, name: &str, path: &Path) -> Result<Self> {
-        let values = plans.configuration(name)?;
-        let fail = |message: String| Error::Setup(format!("{}: configuration {name:?}: {message}", path.display()));
-        let patch: Vec<usize> = values
-            .get("patch_size")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .ok_or_else(|| fail("no patch_size".into()))?;
-        let patch: [usize; 2] = patch.try_into().map_err(|p: Vec<usize>| {
-            fail(format!(
-                "patch_size {p:?} is not 2-D; only 2-D configurations train here"
-            ))
-        })?;
-        let batch_size = values
-            .get("batch_size")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| fail("no batch_size".into()))? as usize;
-        let data_identifier = values
-            .get("data_identifier")
-            .and_then(Value::as_str)
-            .ok_or_else(|| fail("no data_identifier".into()))?
-            .to_string();
-        let mask_image = values
-            .get("use_mask_for_norm")
-            .and_then(Value::as_array)
-            .is_some_and(|a| a.iter().any(|v| v.as_bool() == Some(true)));
-        Ok(Self {
-            patch,
-            batch_size,
-            batch_dice: values.get("batch_dice").and_then(Value::as_bool).unwrap_or(true),
-            data_identifier,
-            mask_image,
-            values,
-        })
-    }
-}
-
-/// The fold's training and validation case ids, creating `splits_final.json` (5 folds,
-/// nnU-Net's seed) when the data set has none.
-fn fold_cases(preprocessed: &Path, data_folder: &Path, fold: &str) -> Result<(Vec<String>, Vec<String>)> {
-    let mut ids: Vec<String> = std::fs::read_dir(data_folder)
-        .map_err(|source| Error::ListFolder {
-            path: data_folder.to_path_buf(),
-            source,
-        })?
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            name.strip_suffix(".json").map(str::to_string)
-        })
-        .collect();
-    ids.sort();
-    if ids.is_empty() {
-        return Err(Error::Setup(format!(
-            "{}: no preprocessed cases (run `meddino plan-and-preprocess` first)",
-            data_folder.display()
-        )));
-    }
-    if fold == "all" {
-        return Ok((ids.clone(), ids));
-    }
-    let index: usize = fold
-        .parse()
-        .map_err(|_| Error::Setup(format!("fold must be a number or `all`, not {fold:?}")))?;
-    let path = preprocessed.join("splits_final.json");
-    let folds = if path.is_file() {
-        read_splits(&path)?
-    } else {
-        let folds = crossval_split(&ids, SPLIT_SEED, 5)?;
-        write_splits(&path, &folds)?;
-        folds
-    };
-    let chosen = folds.get(index).ok_or_else(|| {
-        Error::Setup(format!(
-            "{}: no fold {index} (the file has {})",
-            path.display(),
-            folds.len()
-        ))
-    })?;
-    if let Some(missing) = chosen.train.iter().chain(&chosen.val).find(|id| !ids.contains(id)) {
-        return Err(Error::Setup(format!(
-            "{}: case {missing:?} of fold {index} is not in {}",
-            path.display(),
-            data_folder.display()
-        )));
-    }
-    Ok((chosen.train.clone(), chosen.val.clone()))
-}
-
-fn open_cases(folder: &Path, ids: &[String]) -> Result<Arc<Vec<PreprocessedCase>>> {
-    let cases = ids
-        .iter()
-        .map(|id| PreprocessedCase::open(folder, id))
-        .collect::<nnunet_data::Result<Vec<_>>>()?;
-    Ok(Arc::new(cases))
-}
-
 fn now_seconds() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// Copies pretrained backbone weights into the network's `dino_encoder.*` variables.
-/// Strict: every backbone variable must be in the file and nothing else may be (buffers the
-/// model computes excepted); otherwise tensors the backbone lacks are skipped and listed.
-/// Mis-shaped tensors are refused either way. Returns the names of skipped tensors.
-fn load_pretrained(
-    vars: &NamedVars,
-    buffers: &[String],
-    cfg: &Config,
-    path: &Path,
-    strict: bool,
-) -> Result<Vec<String>> {
-    let state = StateDict::read(path)
-        .map_err(|e| Error::Setup(format!("--pretrained: {e}")))?
-        .backbone();
-    if strict {
-        // The strict loader reports every missing, mis-shaped and unexpected tensor at once.
-        let _ = state
-            .load_strict("backbone", DType::F32, &Device::Cpu, |vb| {
-                meddino_backbone::DinoVisionTransformer::new(cfg, vb)
-            })
-            .map_err(|e| Error::Setup(format!("--pretrained does not fit the backbone {}: {e}", describe(cfg))))?;
-    }
-    let encoder: HashMap<&str, &Var> = vars
-        .iter()
-        .filter_map(|(name, var)| {
-            name.strip_prefix(meddino_backbone::checkpoint::ENCODER_PREFIX)
-                .map(|n| (n, var))
-        })
-        .collect();
-    let mut skipped = Vec::new();
-    let mut problems = Vec::new();
-    for (name, tensor) in state.tensors() {
-        match encoder.get(name.as_str()) {
-            Some(var) if var.shape() == tensor.shape() => {
-                var.set(&tensor.to_dtype(DType::F32)?.to_device(var.device())?)?;
-            }
-            Some(var) => problems.push(format!(
-                "{name}: {:?} in the file, {:?} in the model",
-                tensor.dims(),
-                var.dims()
-            )),
-            // Buffers the model computes itself (RoPE periods, k-bias mask) are not weights.
-            None if buffers.contains(name) => {}
-            None => skipped.push(name.clone()),
-        }
-    }
-    let missing: Vec<&&str> = encoder.keys().filter(|k| !state.tensors().contains_key(**k)).collect();
-    if !problems.is_empty() {
-        problems.sort();
-        return Err(Error::Setup(format!(
-            "{}: tensors do not fit the backbone {}: {}",
-            path.display(),
-            describe(cfg),
-            problems.join("; ")
-        )));
-    }
-    if !missing.is_empty() && missing.len() == encoder.len() {
-        return Err(Error::Setup(format!(
-            "{}: none of the backbone's tensors are in the file (not a DINOv3 checkpoint?)",
-            path.display()
-        )));
-    }
-    skipped.sort();
-    Ok(skipped)
-}
-
-fn describe(cfg: &Config) -> String {
-    format!(
-        "(width {}, {} blocks, {} heads, {} registers)",
-        cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.n_storage_tokens
-    )
 }
 
 /// A training run in progress.
@@ -859,71 +571,6 @@ impl<'o> Trainer<'o> {
             new_best,
             seconds: started.elapsed().as_secs_f64(),
         })
-    }
-
-    /// nnU-Net's final validation: every validation case is predicted from its preprocessed
-    /// data (sliding windows with mirroring), exported in its original geometry to
-    /// `fold_<f>/validation/{id}{file_ending}`, and scored against the data set's
-    /// `gt_segmentations` (Dice, HD95, NSD 1 mm) into `validation/segmentation_metrics.csv`
-    /// and `validation/summary.json`. Returns the scores, or `None` when there is no
-    /// `gt_segmentations` folder to score against.
-    ///
-    /// # Errors
-    ///
-    /// When a prediction or a file write fails.
-    pub fn validate_final(&self) -> Result<Option<FolderEvaluation>> {
-        let folder = self.options.fold_folder().join("validation");
-        std::fs::create_dir_all(&folder).map_err(|source| Error::Write {
-            path: folder.clone(),
-            source,
-        })?;
-        let ending = self.dataset.file_ending.clone().unwrap_or_else(|| ".nii.gz".into());
-        let plan = PreprocessingPlan::from_plans(&self.init["plans"], &self.configuration)?;
-        let options = SlidingWindowOptions::default();
-        for (i, case) in self.val_cases.iter().enumerate() {
-            let path = folder.join(format!("{}{ending}", case.id));
-            let logits = sliding_window_logits(
-                &[self.network.as_ref()],
-                case.data()?,
-                self.train_sampler.augmentation.patch,
-                &options,
-                &self.options.device,
-            )?;
-            let prediction = logits_to_labels(&logits, &case.properties, &plan, false)?;
-            let stuff = &case.properties.sitk_stuff;
-            let geometry = ItkGeometry {
-                spacing: stuff.spacing.clone(),
-                origin: stuff.origin.clone(),
-                direction: stuff.direction.clone(),
-            };
-            NiftiIo.write_seg(prediction.labels.view(), &path, &geometry)?;
-            self.log(&format!(
-                "validation: predicted {} ({}/{})",
-                case.id,
-                i + 1,
-                self.val_cases.len()
-            ))?;
-        }
-        let gt = self.options.preprocessed.join("gt_segmentations");
-        if !gt.is_dir() {
-            self.log(&format!(
-                "{} is missing: validation predictions are not scored",
-                gt.display()
-            ))?;
-            return Ok(None);
-        }
-        let classes = foreground_classes(&self.dataset, &self.dataset_path)?;
-        let scores = evaluate_folder(&folder, &gt, &classes, &ending, &Default::default(), &())?;
-        scores.write(&folder)?;
-        let mean = |metric: &str| scores.summary.to_json()["classwise_average"][metric]["mean"].as_f64();
-        self.log(&format!(
-            "validation: mean Dice {}, HD95 {}, NSD {} (class-wise average over {} cases)",
-            mean("dice").map_or("n/a".into(), |v| format!("{v:.4}")),
-            mean("hd95").map_or("n/a".into(), |v| format!("{v:.2}")),
-            mean("nsd").map_or("n/a".into(), |v| format!("{v:.4}")),
-            scores.cases.len()
-        ))?;
-        Ok(Some(scores))
     }
 
     /// Trains the remaining epochs, then writes `checkpoint_final` and removes
