@@ -45,10 +45,11 @@ const DATASET: &str = "Dataset990_Phantom";
 const TRAINER: &str = "phantom_demo_Trainer";
 /// Training iterations per epoch and validation iterations (small epochs: the budget is
 /// spent in whole epochs, and the schedule and plots need several).
-const ITERATIONS: usize = 40;
+const ITERATIONS: usize = 80;
 const VAL_ITERATIONS: usize = 4;
-/// Batch size: the plans' (29 for 128² patches) would spend the budget on few steps.
-const BATCH: usize = 8;
+/// Batch size: the plans' (29 for 128² patches) would spend the budget on few steps; 4
+/// with twice the steps beat 8 on the same budget (mean Dice 0.853 against 0.804).
+const BATCH: usize = 4;
 
 fn step(start: Instant, what: &str) {
     eprintln!("[{:>5.1} s] {what}", start.elapsed().as_secs_f64());
