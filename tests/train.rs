@@ -185,6 +185,22 @@ fn trains_two_short_epochs_on_the_reference_phantoms() {
     }
     assert!(predict(&[]).assert_code(0).stderr().contains("already done"));
 
+    // Probabilities: softmax over the classes, one volume per class, as nnU-Net's npz.
+    let _ = predict(&["--save-probabilities", "--overwrite"]).assert_code(0);
+    let case = inputs[0]
+        .strip_suffix(&format!("_0000{ending}"))
+        .expect("channel 0 file");
+    let mut npz = ndarray_npy::NpzReader::new(
+        std::fs::File::open(dir.path().join("predicted").join(format!("{case}.npz"))).expect("npz"),
+    )
+    .expect("an npz archive");
+    let probabilities: meddino::data::ndarray::Array4<f32> = npz.by_name("probabilities").expect("probabilities");
+    let image = meddino::data::io::read_image(&raw_images.join(&inputs[0])).expect("image");
+    assert_eq!(&probabilities.shape()[1..], image.data.shape());
+    for sum in probabilities.sum_axis(meddino::data::ndarray::Axis(0)).iter() {
+        assert!((sum - 1.0).abs() < 1e-4, "probabilities sum to 1, got {sum}");
+    }
+
     // Inputs that do not fit the plans are refused, naming the file.
     let odd = dir.path().join("odd");
     std::fs::create_dir_all(&odd).expect("odd");

@@ -58,7 +58,8 @@ pub struct PredictArgs {
     #[arg(long)]
     disable_tta: bool,
 
-    /// Also write `{case}.npz`-free probabilities: `{case}_probabilities.npy` (float32, K×Z×Y×X).
+    /// Also write `{case}.npz` with the softmax `probabilities` (float32, K×Z×Y×X), as nnU-Net's
+    /// --save_probabilities.
     #[arg(long)]
     save_probabilities: bool,
 
@@ -227,10 +228,14 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         )
         .with_context(|| format!("case {case}"))?;
         if let Some(probabilities) = &prediction.probabilities {
-            let path = args.output.join(format!("{case}_probabilities.npy"));
-            write_atomic(&path, |w| {
-                ndarray_npy::WriteNpyExt::write_npy(probabilities, w).map_err(std::io::Error::other)
-            })?;
+            let path = args.output.join(format!("{case}.npz"));
+            // The zip writer seeks, so the archive is built in memory, then written atomically.
+            let mut npz = ndarray_npy::NpzWriter::new_compressed(std::io::Cursor::new(Vec::new()));
+            npz.add_array("probabilities", probabilities)
+                .and_then(|()| npz.finish())
+                .map(|cursor| cursor.into_inner())
+                .with_context(|| format!("cannot encode {}", path.display()))
+                .and_then(|bytes| Ok(write_atomic(&path, |w| w.write_all(&bytes))?))?;
         }
         NiftiIo.write_seg(prediction.labels.view(), &out, &volume.geometry)?;
         bar.inc(1);
