@@ -132,3 +132,79 @@ fn broken_data_sets_are_refused() {
         .stderr();
     assert!(stderr.contains("no data set \"9\""), "{stderr}");
 }
+
+#[test]
+fn a_killed_preprocessing_run_completes_the_missing_cases_only() {
+    let reference = reference_or_skip!();
+    let raw = reference.file("nnunet/raw");
+    let name = std::fs::read_dir(&raw)
+        .expect("raw")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.starts_with("Dataset"))
+        .expect("a data set");
+    let cases = std::fs::read_dir(raw.join(&name).join("labelsTr"))
+        .expect("labels")
+        .count();
+    let dir = Dir::new("plan-kill");
+    let out = dir.path().join("preprocessed");
+    // One thread and the large derived configuration make each case take a while.
+    let args = [
+        "plan-and-preprocess",
+        "-d",
+        &name,
+        "-c",
+        "2d_896",
+        "-j",
+        "1",
+        "--raw",
+        raw.to_str().expect("utf-8"),
+        "--preprocessed",
+        out.to_str().expect("utf-8"),
+    ];
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meddino"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start");
+    let folder = out.join(&name).join("nnUNetPlans_2d_896");
+    let done = |folder: &std::path::Path| {
+        std::fs::read_dir(folder).map_or(0, |entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while done(&folder) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no case finished within 2 minutes"
+        );
+        assert!(
+            child.try_wait().expect("poll").is_none(),
+            "finished before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let finished = done(&folder);
+    assert!(finished < cases, "killed mid-run ({finished} of {cases} done)");
+
+    let stderr = dir.meddino(&args).assert_code(0).stderr();
+    let expected = format!("{} case(s) preprocessed, {finished} already done", cases - finished);
+    assert!(stderr.contains(&expected), "{expected:?} in {stderr}");
+    assert_eq!(done(&folder), cases);
+    // Nothing half-written survives: every array loads, no temporary file is left.
+    for entry in std::fs::read_dir(&folder).expect("folder").filter_map(|e| e.ok()) {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        assert!(!file.starts_with('.'), "temporary file left: {file}");
+        if file.ends_with("_seg.npy") {
+            let _: ndarray::Array4<i16> = ndarray_npy::read_npy(entry.path()).expect("a complete seg array");
+        } else if file.ends_with(".npy") {
+            let _: ndarray::Array4<f32> = ndarray_npy::read_npy(entry.path()).expect("a complete data array");
+        }
+    }
+}

@@ -413,3 +413,39 @@ fn the_demo_runs_end_to_end_within_a_tiny_budget() {
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).expect("summary")).expect("json");
     assert!(summary["classwise_average"]["dice"]["mean"].is_number(), "{summary}");
 }
+
+#[test]
+fn two_seeded_runs_train_bit_identical_weights() {
+    let reference = reference_or_skip!();
+    let dir = Dir::new("train-determinism");
+    let (name, configuration) = preprocessed_phantom(&dir, &reference);
+    let trainer = "dinov3_base_primus_Trainer_scratch";
+    let train = |results: &str, seed: &str| {
+        let mut args = train_args(&dir, &name, &configuration, results);
+        args.extend(["-tr", trainer, "--epochs", "1", "--iters", "4", "--skip-validation"].map(String::from));
+        let at = args.iter().position(|a| a == "--seed").expect("train_args sets a seed");
+        args[at + 1] = seed.to_string();
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let _ = dir.meddino(&argv).assert_code(0);
+        let fold = fold_folder(&dir.path().join(results), &name, trainer, &configuration);
+        TrainingCheckpoint::load(&fold.join(CHECKPOINT_FINAL), &Device::Cpu).expect("final")
+    };
+    let values = |checkpoint: &TrainingCheckpoint, key: &str| -> Vec<f32> {
+        checkpoint.network[key]
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .expect("values")
+    };
+    let (a, b, other) = (train("a", "11"), train("b", "11"), train("c", "12"));
+    assert_eq!(a.network.len(), b.network.len());
+    for key in a.network.keys() {
+        assert!(
+            values(&a, key) == values(&b, key),
+            "{key} differs between two runs with one seed"
+        );
+    }
+    assert!(
+        a.network.keys().any(|key| values(&a, key) != values(&other, key)),
+        "another seed trains other weights"
+    );
+}

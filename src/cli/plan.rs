@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use meddino::data::io::{read_images, write_atomic};
+use meddino::data::io::{read_images, remove_stale_temporaries, write_atomic};
 use meddino::data::preprocess::store::{class_locations, is_done, write_case};
 use meddino::data::preprocess::{preprocess_case, PreprocessingPlan};
 use meddino::data::{Fingerprint, LabelValue, Plans, RawDataset};
@@ -163,6 +163,8 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
             .unwrap_or(config)
             .to_string();
         let target = out.join(&identifier);
+        // A killed earlier run may have left half-written temporaries; its finished cases stay.
+        let _ = remove_stale_temporaries(&target)?;
         let bar = ProgressBar::new(dataset.cases.len() as u64);
         bar.set_style(
             ProgressStyle::with_template("{prefix:>12} {bar:30} {pos}/{len} {elapsed_precise} {wide_msg}")

@@ -35,6 +35,39 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::
 }
 
 /// `.<name>.<pid>.tmp` beside `path`: hidden, and unique per process.
+/// Removes the temporary files an interrupted writer (a killed process) left in `folder`:
+/// hidden `*.tmp` files of other processes. Returns how many were removed; a folder that
+/// does not exist has none.
+///
+/// # Errors
+///
+/// When the folder cannot be listed or a file cannot be removed (named).
+pub fn remove_stale_temporaries(folder: &Path) -> Result<usize> {
+    let entries = match std::fs::read_dir(folder) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => {
+            return Err(Error::Io {
+                path: folder.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let ours = format!(".{}.tmp", std::process::id());
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".tmp") && !name.ends_with(&ours) {
+            std::fs::remove_file(entry.path()).map_err(|source| Error::Io {
+                path: entry.path(),
+                source,
+            })?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 fn temporary_name(path: &Path) -> PathBuf {
     let name = path
         .file_name()
@@ -91,5 +124,17 @@ mod tests {
         let path = blocker.join("out.txt");
         let err = write_atomic(&path, |w: &mut dyn Write| w.write_all(b"x")).expect_err("must fail");
         assert!(err.to_string().contains("blocker/out.txt"), "{err}");
+    }
+
+    #[test]
+    fn stale_temporaries_of_other_processes_are_removed() {
+        let dir = scratch("stale");
+        std::fs::write(dir.join(".case.npy.99999999.tmp"), b"half").expect("stale");
+        std::fs::write(dir.join("case.npy"), b"done").expect("done");
+        let ours = temporary_name(&dir.join("other.npy"));
+        std::fs::write(&ours, b"in progress").expect("ours");
+        assert_eq!(remove_stale_temporaries(&dir).expect("clean"), 1);
+        assert!(dir.join("case.npy").is_file() && ours.is_file());
+        assert_eq!(remove_stale_temporaries(&dir.join("missing")).expect("no folder"), 0);
     }
 }

@@ -7,7 +7,7 @@ pub mod geometry;
 pub mod nifti;
 pub mod write;
 
-pub use self::atomic::write_atomic;
+pub use self::atomic::{remove_stale_temporaries, write_atomic};
 pub use self::geometry::ItkGeometry;
 pub use self::nifti::{read_image, read_label_map, Image, LabelMap};
 pub use self::write::{write_ct_image, write_label_map};
