@@ -449,3 +449,80 @@ fn two_seeded_runs_train_bit_identical_weights() {
         "another seed trains other weights"
     );
 }
+
+#[test]
+fn training_inputs_that_do_not_fit_are_refused_naming_them() {
+    let reference = reference_or_skip!();
+    let dir = Dir::new("train-refusals");
+    let (name, configuration) = preprocessed_phantom(&dir, &reference);
+    let trainer = "dinov3_base_primus_Trainer_scratch";
+    let preprocessed = dir.path().join("preprocessed").join(&name);
+    let run = |extra: &[&str]| {
+        let mut args = train_args(&dir, &name, &configuration, "results");
+        args.extend(["-tr", trainer, "--epochs", "1", "--iters", "2", "--skip-validation"].map(String::from));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        dir.meddino(&argv)
+    };
+
+    // A configuration the plans do not have.
+    let mut args = train_args(&dir, &name, "3d_lowres_nope", "results");
+    args.extend(["-tr", trainer].map(String::from));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stderr = dir.meddino(&argv).assert_code(1).stderr();
+    assert!(stderr.contains("no configuration \"3d_lowres_nope\""), "{stderr}");
+
+    // A malformed splits_final.json.
+    let splits = preprocessed.join("splits_final.json");
+    let saved = std::fs::read(&splits).ok();
+    std::fs::write(&splits, b"[{\"train\": 3}]").expect("write");
+    let stderr = run(&[]).assert_code(1).stderr();
+    assert!(stderr.contains("splits_final.json"), "{stderr}");
+    match saved {
+        Some(bytes) => std::fs::write(&splits, bytes).expect("restore"),
+        None => std::fs::remove_file(&splits).expect("remove"),
+    }
+
+    // A run, then --continue with another backbone size: the checkpoint does not fit.
+    let _ = run(&[]).assert_code(0);
+    let fold = fold_folder(&dir.path().join("results"), &name, trainer, &configuration);
+    std::fs::copy(fold.join(CHECKPOINT_FINAL), fold.join(CHECKPOINT_LATEST)).expect("copy");
+    let mut args = train_args(&dir, &name, &configuration, "results");
+    let at = args.iter().position(|a| a == "vit_micro").expect("preset");
+    args[at] = "vit_tiny".into();
+    args.extend(["-tr", trainer, "--epochs", "2", "--continue"].map(String::from));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stderr = dir.meddino(&argv).assert_code(1).stderr();
+    assert!(
+        stderr.contains("checkpoint_latest.safetensors") && stderr.contains("does not fit the network"),
+        "{stderr}"
+    );
+
+    // A truncated checkpoint is refused by predict, naming it.
+    let bytes = std::fs::read(fold.join(CHECKPOINT_FINAL)).expect("final");
+    std::fs::write(fold.join(CHECKPOINT_FINAL), &bytes[..bytes.len() / 2]).expect("truncate");
+    let raw_images = reference.file(format!("nnunet/raw/{name}/imagesTr"));
+    let args = [
+        "predict",
+        "-i",
+        raw_images.to_str().expect("utf-8"),
+        "-o",
+        "out",
+        "-d",
+        &name,
+        "-c",
+        &configuration,
+        "-f",
+        "0",
+        "-tr",
+        trainer,
+        "--results",
+        "results",
+    ];
+    let stderr = dir.meddino(&args).assert_code(1).stderr();
+    assert!(stderr.contains("checkpoint_final.safetensors"), "{stderr}");
+    assert!(
+        !dir.path().join("out").read_dir().is_ok_and(|mut d| d.next().is_some()),
+        "nothing written"
+    );
+}
