@@ -24,6 +24,14 @@ pub enum Error {
         #[source]
         source: nifti::NiftiError,
     },
+    /// A NIfTI header whose fields contradict the file.
+    #[error("{}: invalid NIfTI header: {message}", path.display())]
+    InvalidHeader {
+        /// The file.
+        path: PathBuf,
+        /// Which field is wrong, and what was expected.
+        message: String,
+    },
     /// An image of a dimensionality this code does not handle.
     #[error("{}: expected a 2-D or 3-D image, got shape {shape:?} (NIfTI x, y, z, ...)", path.display())]
     UnsupportedDimensionality {

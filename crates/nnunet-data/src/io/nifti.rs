@@ -56,6 +56,19 @@ pub fn read_image(path: &Path) -> Result<Image> {
     }
     let object = ReaderOptions::new().read_file(path).map_err(nifti_error)?;
     let header = object.header().clone();
+    // The nifti crate reads a single-file image's data right after the extensions whatever
+    // vox_offset says; nibabel and SimpleITK seek to vox_offset. Refuse files where the two
+    // differ rather than read other bytes than the reference readers would.
+    let data_start = 352 + object.extensions().bytes_on_disk();
+    if &header.magic == b"n+1\0" && header.vox_offset.round() as usize != data_start {
+        return Err(Error::InvalidHeader {
+            path: path.to_path_buf(),
+            message: format!(
+                "vox_offset is {}, but the data starts at byte {data_start} (header and extensions)",
+                header.vox_offset
+            ),
+        });
+    }
     let mut volume = object.into_volume().into_ndarray::<f32>().map_err(nifti_error)?;
     while volume.ndim() > 3 && volume.shape().last() == Some(&1) {
         let last = Axis(volume.ndim() - 1);

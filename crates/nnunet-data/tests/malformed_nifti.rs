@@ -1,0 +1,124 @@
+//! The NIfTI reader on malformed files: every one is an `Err` naming the file, never a
+//! panic. Each case starts from a valid image and breaks one thing.
+
+use std::path::{Path, PathBuf};
+
+use nnunet_data::io::{read_image, read_label_map, write_ct_image, ItkGeometry};
+use nnunet_data::ndarray::Array3;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("nnunet-data-malformed-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch");
+    dir
+}
+
+/// A valid 4×5×6 int16 image written to `dir/name`.
+fn valid(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let image = Array3::from_shape_fn((4, 5, 6), |(z, y, x)| (z * 100 + y * 10 + x) as i16);
+    let geometry = ItkGeometry {
+        spacing: vec![0.8, 0.8, 2.5],
+        origin: vec![0.0; 3],
+        direction: vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+    };
+    write_ct_image(&path, image.view().into_dyn(), &geometry).expect("write");
+    path
+}
+
+/// Overwrites `bytes` at `offset` of the file.
+fn patch(path: &Path, offset: usize, bytes: &[u8]) {
+    let mut data = std::fs::read(path).expect("read");
+    data[offset..offset + bytes.len()].copy_from_slice(bytes);
+    std::fs::write(path, data).expect("write");
+}
+
+/// Reading `path` fails with a message naming it (and `expected`), for images and labels.
+fn refused(path: &Path, expected: &str) {
+    let name = path.file_name().and_then(|n| n.to_str()).expect("name").to_string();
+    for (what, result) in [
+        ("image", std::panic::catch_unwind(|| read_image(path).map(|_| ()))),
+        (
+            "label map",
+            std::panic::catch_unwind(|| read_label_map(path).map(|_| ())),
+        ),
+    ] {
+        let result = result.unwrap_or_else(|_| panic!("reading {name} as {what} panicked"));
+        let error = result
+            .expect_err(&format!("{name} must be refused as {what}"))
+            .to_string();
+        assert!(error.contains(&name), "{what}: the error names the file: {error}");
+        assert!(
+            error.to_lowercase().contains(expected),
+            "{what}: {error:?} should say {expected:?}"
+        );
+    }
+}
+
+// NIfTI-1 header offsets.
+const DIM: usize = 40;
+const DATATYPE: usize = 70;
+const PIXDIM: usize = 76;
+const VOX_OFFSET: usize = 108;
+/// `qform_code` (i16), then `sform_code` (i16).
+const QFORM_CODE: usize = 252;
+
+#[test]
+fn the_valid_image_reads() {
+    let dir = scratch("valid");
+    assert_eq!(
+        read_image(&valid(&dir, "ok.nii")).expect("valid").data.shape(),
+        [4, 5, 6]
+    );
+}
+
+#[test]
+fn truncated_and_corrupt_compressed_files() {
+    let dir = scratch("gzip");
+    let path = valid(&dir, "truncated.nii.gz");
+    let bytes = std::fs::read(&path).expect("read");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
+    refused(&path, "");
+    let path = dir.join("garbage.nii.gz");
+    std::fs::write(&path, b"this is not gzip at all, just text").expect("write");
+    refused(&path, "");
+    let path = dir.join("empty.nii");
+    std::fs::write(&path, b"").expect("write");
+    refused(&path, "");
+}
+
+#[test]
+fn headers_that_lie() {
+    let dir = scratch("header");
+    // dim says 40 slices, the data holds 6.
+    let path = valid(&dir, "dim.nii");
+    patch(&path, DIM + 2 * 3, &40i16.to_le_bytes());
+    refused(&path, "");
+    // The data would start beyond the end of the file.
+    let path = valid(&dir, "offset.nii");
+    patch(&path, VOX_OFFSET, &1.0e6f32.to_le_bytes());
+    refused(&path, "vox_offset");
+    // dim[0] (the rank) out of range.
+    let path = valid(&dir, "rank.nii");
+    patch(&path, DIM, &9i16.to_le_bytes());
+    refused(&path, "");
+    // A datatype code that does not exist.
+    let path = valid(&dir, "datatype.nii");
+    patch(&path, DATATYPE, &9999i16.to_le_bytes());
+    refused(&path, "");
+}
+
+#[test]
+fn spacings_that_are_zero_or_not_numbers() {
+    let dir = scratch("spacing");
+    // Without qform and sform, the spacing is the pixdims.
+    let no_transforms = |path: &Path| patch(path, QFORM_CODE, &[0, 0, 0, 0]);
+    let path = valid(&dir, "zero.nii");
+    no_transforms(&path);
+    patch(&path, PIXDIM + 4, &0f32.to_le_bytes());
+    refused(&path, "spacing");
+    let path = valid(&dir, "nan.nii");
+    no_transforms(&path);
+    patch(&path, PIXDIM + 8, &f32::NAN.to_le_bytes());
+    refused(&path, "spacing");
+}
