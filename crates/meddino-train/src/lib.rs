@@ -2,12 +2,20 @@
 //! (loss, optimiser groups, schedules, checkpoints, validation), nnU-Net's sliding-window
 //! predictor, and scoring folders of predictions.
 //!
-//! Landed so far: [`evaluation`] (a folder of predictions → `segmentation_metrics.csv` and
-//! `summary.json`, as MedDINOv3's `compute_metrics.py`), and the training building blocks
-//! [`loss`] (`DC_and_CE_loss`), [`optim`] (grouped AdamW with checkpointable state, Nesterov
-//! SGD, gradient clipping), [`schedule`] (linear and poly learning-rate decay) and
-//! [`checkpoint`] (atomic training checkpoints). Precise behaviour:
-//! `shared/spec/meddinov3-reference.md` §4–5 and `shared/spec/nnunet-reference.md` §6–8.
+//! - Training: [`trainers`] (the registry of trainers by nnU-Net name), [`trainer`] (the epoch
+//!   loop: batches, loss, AdamW groups, pseudo Dice and EMA, checkpoints, `--continue`, final
+//!   validation), [`loader`] (batches on background threads, seeded per step), [`init`]
+//!   (seeded initialisation), [`loss`] (`DC_and_CE_loss`), [`optim`] (the `Optimizer` trait:
+//!   grouped AdamW, Nesterov SGD; gradient clipping), [`schedule`], [`checkpoint`] (atomic
+//!   training checkpoints), [`logs`], [`plot`] (`progress.png`, overlays).
+//! - Prediction: [`predict`] (sliding windows with Gaussian importance, mirroring, fold
+//!   averaging, export to the original geometry), [`model`] (trained networks from our
+//!   checkpoints or the Python trainers' `.pth`).
+//! - Scoring: [`evaluation`] (a folder of predictions → `segmentation_metrics.csv` and
+//!   `summary.json`, as MedDINOv3's `compute_metrics.py`).
+//!
+//! Precise behaviour: `shared/spec/meddinov3-reference.md` §4–5 and
+//! `shared/spec/nnunet-reference.md` §6–8.
 //!
 //! # Features
 //!
