@@ -2,7 +2,7 @@
 //!
 //! Three jobs, one module each:
 //!
-//! - [`reference`]: find the reference data (`MEDDINO_REFERENCE_DIR`, else
+//! - [`reference`](mod@reference): find the reference data (`MEDDINO_REFERENCE_DIR`, else
 //!   `shared/reference` beside the checkout, resolved from the workspace root) and decide
 //!   whether a reference test runs, is skipped, or fails loudly.
 //! - [`load`]: read safetensors, npz and JSON files from it, every tensor widened to `f64`.
@@ -22,7 +22,7 @@
 //! }
 //! ```
 //!
-//! Features: `candle` (off by default) adds [`tensor_to_array`] and [`assert_tensor_close`].
+//! Features: `candle` (off by default) adds `tensor_to_array` and `assert_tensor_close`.
 //!
 //! Everything here panics with a message naming the file, key or shape on bad data: that is
 //! how a test fails loudly.
