@@ -6,7 +6,7 @@
 //!   `shared/reference` beside the checkout, resolved from the workspace root) and decide
 //!   whether a reference test runs, is skipped, or fails loudly.
 //! - [`load`]: read safetensors, npz and JSON files from it, every tensor widened to `f64`.
-//! - [`compare`]: compare arrays with a relative-error report (max |a−b| / max |b|, worst
+//! - [`compare`](mod@compare): compare arrays with a relative-error report (max |a−b| / max |b|, worst
 //!   index, both values there).
 //!
 //! ```no_run
