@@ -498,11 +498,24 @@ fn training_inputs_that_do_not_fit_are_refused_naming_them() {
         "{stderr}"
     );
 
-    // A truncated checkpoint is refused by predict, naming it.
-    let bytes = std::fs::read(fold.join(CHECKPOINT_FINAL)).expect("final");
-    std::fs::write(fold.join(CHECKPOINT_FINAL), &bytes[..bytes.len() / 2]).expect("truncate");
+    // Checkpoints whose tensors do not fit the network are refused by predict, each problem
+    // named: one tensor missing, one unexpected, one of another shape.
+    let final_path = fold.join(CHECKPOINT_FINAL);
+    let pristine = std::fs::read(&final_path).expect("final");
+    let mut checkpoint = TrainingCheckpoint::load(&final_path, &Device::Cpu).expect("final");
+    let _ = checkpoint
+        .network
+        .remove("dino_encoder.cls_token")
+        .expect("a cls token");
+    let extra = checkpoint.network["dino_encoder.norm.weight"].clone();
+    let _ = checkpoint.network.insert("dino_encoder.surplus".into(), extra);
+    let norm = checkpoint.network["dino_encoder.norm.bias"].clone();
+    let _ = checkpoint
+        .network
+        .insert("dino_encoder.norm.bias".into(), norm.narrow(0, 0, 8).expect("narrow"));
+    checkpoint.save(&final_path).expect("save");
     let raw_images = reference.file(format!("nnunet/raw/{name}/imagesTr"));
-    let args = [
+    let predict_args = [
         "predict",
         "-i",
         raw_images.to_str().expect("utf-8"),
@@ -519,7 +532,20 @@ fn training_inputs_that_do_not_fit_are_refused_naming_them() {
         "--results",
         "results",
     ];
-    let stderr = dir.meddino(&args).assert_code(1).stderr();
+    let stderr = dir.meddino(&predict_args).assert_code(1).stderr();
+    for problem in [
+        "missing: dino_encoder.cls_token",
+        "unexpected: dino_encoder.surplus",
+        "wrong shape: dino_encoder.norm.bias is [8], expected [64]",
+    ] {
+        assert!(stderr.contains(problem), "{problem:?} in {stderr}");
+    }
+    std::fs::write(&final_path, &pristine).expect("restore");
+
+    // A truncated checkpoint is refused by predict, naming it.
+    let bytes = std::fs::read(fold.join(CHECKPOINT_FINAL)).expect("final");
+    std::fs::write(fold.join(CHECKPOINT_FINAL), &bytes[..bytes.len() / 2]).expect("truncate");
+    let stderr = dir.meddino(&predict_args).assert_code(1).stderr();
     assert!(stderr.contains("checkpoint_final.safetensors"), "{stderr}");
     assert!(
         !dir.path().join("out").read_dir().is_ok_and(|mut d| d.next().is_some()),
