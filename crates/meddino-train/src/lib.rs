@@ -36,6 +36,7 @@ pub mod optim;
 pub mod plot;
 pub mod predict;
 pub mod schedule;
+mod splitmix;
 pub mod trainer;
 pub mod trainers;
 

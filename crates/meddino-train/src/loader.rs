@@ -12,6 +12,7 @@ use nnunet_data::preprocess::store::PreprocessedCase;
 use nnunet_data::random::RandomState;
 
 use crate::error::{Error, Result};
+use crate::splitmix::{mix, GAMMA};
 
 /// Which loop a batch belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,13 +23,6 @@ pub enum Phase {
     Validation,
 }
 
-/// SplitMix64's finaliser: a well-mixed 64-bit value from any input.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// The seed of one step's randomness (its batch, and its stochastic depth).
 pub fn step_seed(seed: u64, epoch: usize, phase: Phase, index: usize) -> u64 {
     let phase = match phase {
@@ -37,7 +31,7 @@ pub fn step_seed(seed: u64, epoch: usize, phase: Phase, index: usize) -> u64 {
     };
     [epoch as u64, phase, index as u64]
         .iter()
-        .fold(mix(seed), |acc, &v| mix(acc ^ v.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+        .fold(mix(seed), |acc, &v| mix(acc ^ v.wrapping_mul(GAMMA)))
 }
 
 /// `count` batches drawn by `workers` threads, delivered in order; dropping the loader
