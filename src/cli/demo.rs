@@ -9,12 +9,11 @@ use anyhow::Context;
 use meddino::data::io::{read_image, read_images, ImageWriter, NiftiIo};
 use meddino::data::ndarray::{s, Array3, Axis};
 use meddino::data::phantom::{write_dataset, PhantomOptions};
-use meddino::data::preprocess::PreprocessingPlan;
 use meddino::eval::CaseOptions;
 use meddino::train::candle::Device;
 use meddino::train::evaluation::{evaluate_folder, foreground_classes};
 use meddino::train::plot::{render_overlays, save_png, OverlayRow};
-use meddino::train::predict::{predict_volume, SlidingWindowOptions};
+use meddino::train::predict::{predict_volume, prediction_plan, SlidingWindowOptions};
 use meddino::train::{TrainOptions, Trainer, TrainerRegistry};
 
 /// Arguments of `meddino demo`.
@@ -131,10 +130,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     step(start, "predicting the held-out phantoms");
     let plans = meddino::data::Plans::read(&preprocessed.join(DATASET).join("nnUNetPlans.json"))?;
-    let configuration = plans.configuration("2d")?;
-    let plan = PreprocessingPlan::from_plans(&plans.value, &configuration)?;
-    let patch: Vec<usize> = serde_json::from_value(configuration["patch_size"].clone()).context("patch_size")?;
-    let patch = [patch[0], patch[1]];
+    let (plan, patch) = prediction_plan(&plans, "2d")?;
     let predictions = out.join("predictions");
     std::fs::create_dir_all(&predictions).with_context(|| format!("cannot create {}", predictions.display()))?;
     let mut ids: Vec<String> = std::fs::read_dir(dataset_folder.join("labelsTs"))?

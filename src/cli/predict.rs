@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use meddino::data::io::{read_images, write_atomic, ImageWriter, NiftiIo};
-use meddino::data::preprocess::PreprocessingPlan;
 use meddino::train::model::TrainedModel;
-use meddino::train::predict::{predict_volume, SlidingWindowOptions};
+use meddino::train::predict::{predict_volume, prediction_plan, SlidingWindowOptions};
 use meddino::train::trainer::{CHECKPOINT_BEST, CHECKPOINT_FINAL};
 use meddino::train::TrainerRegistry;
 
@@ -183,13 +182,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         models.push(model);
     }
     let first = &models[0];
-    let configuration = first.plans.configuration(&first.configuration)?;
-    let plan = PreprocessingPlan::from_plans(&first.plans.value, &configuration)?;
-    let patch: Vec<usize> =
-        serde_json::from_value(configuration["patch_size"].clone()).context("the plans' patch_size")?;
-    let patch: [usize; 2] = patch
-        .try_into()
-        .map_err(|p| anyhow::anyhow!("patch_size {p:?} is not 2-D; only 2-D configurations predict here"))?;
+    let (plan, patch) = prediction_plan(&first.plans, &first.configuration)?;
     let ending = first.dataset.file_ending.clone().unwrap_or_else(|| ".nii.gz".into());
     let channels = first.dataset.channel_names.len().max(1);
     let cases = input_cases(&args.input, &ending, channels)?;

@@ -13,6 +13,8 @@ use ndarray::{s, Array2, Array3, Array4, ArrayView4, Axis};
 use nnunet_data::io::Volume;
 use nnunet_data::preprocess::resample::{resample_probabilities, separate_z_axis};
 use nnunet_data::preprocess::{preprocess_case, CaseProperties, PreprocessingPlan};
+use nnunet_data::Plans;
+use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
@@ -35,6 +37,35 @@ impl Default for SlidingWindowOptions {
             tile_batch: 4,
         }
     }
+}
+
+/// The patch size of a resolved 2-D plans configuration.
+///
+/// # Errors
+///
+/// When `patch_size` is missing or not 2-D.
+pub fn patch_size_2d(configuration: &Map<String, Value>) -> Result<[usize; 2]> {
+    let patch: Vec<usize> = configuration
+        .get("patch_size")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .ok_or_else(|| Error::Setup("no patch_size".into()))?;
+    patch.try_into().map_err(|p: Vec<usize>| {
+        Error::Setup(format!(
+            "patch_size {p:?} is not 2-D; only 2-D configurations are supported"
+        ))
+    })
+}
+
+/// What predicting with a 2-D configuration needs from the plans: its preprocessing and its
+/// patch size.
+///
+/// # Errors
+///
+/// When the configuration is missing or malformed, or not 2-D.
+pub fn prediction_plan(plans: &Plans, configuration: &str) -> Result<(PreprocessingPlan, [usize; 2])> {
+    let values = plans.configuration(configuration)?;
+    let patch = patch_size_2d(&values).map_err(|e| Error::Setup(format!("configuration {configuration:?}: {e}")))?;
+    Ok((PreprocessingPlan::from_plans(&plans.value, &values)?, patch))
 }
 
 /// nnU-Net's `compute_gaussian` for a 2-D patch: a unit impulse at `⌊P/2⌋` smoothed by

@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::optim::NamedVars;
+use crate::predict::patch_size_2d;
 
 /// The plans entries training needs.
 #[derive(Debug, Clone)]
@@ -29,15 +30,7 @@ impl PlansConfiguration {
     pub(super) fn read(plans: &Plans, name: &str, path: &Path) -> Result<Self> {
         let values = plans.configuration(name)?;
         let fail = |message: String| Error::Setup(format!("{}: configuration {name:?}: {message}", path.display()));
-        let patch: Vec<usize> = values
-            .get("patch_size")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .ok_or_else(|| fail("no patch_size".into()))?;
-        let patch: [usize; 2] = patch.try_into().map_err(|p: Vec<usize>| {
-            fail(format!(
-                "patch_size {p:?} is not 2-D; only 2-D configurations train here"
-            ))
-        })?;
+        let patch = patch_size_2d(&values).map_err(|e| fail(e.to_string()))?;
         let batch_size = values
             .get("batch_size")
             .and_then(Value::as_u64)
