@@ -3,7 +3,7 @@
 
 use meddino_testutil::reference_or_skip;
 
-use crate::util::Dir;
+use crate::util::{reference_dataset, Dir};
 
 fn close(a: &serde_json::Value, b: &serde_json::Value, what: &str) {
     let (a, b) = (a.as_array().expect("list"), b.as_array().expect("list"));
@@ -18,13 +18,7 @@ fn close(a: &serde_json::Value, b: &serde_json::Value, what: &str) {
 fn plans_and_preprocesses_the_reference_data_set() {
     let reference = reference_or_skip!();
     let raw = reference.file("nnunet/raw");
-    let name = std::fs::read_dir(&raw)
-        .expect("raw")
-        .next()
-        .expect("a data set")
-        .expect("entry")
-        .file_name();
-    let name = name.to_str().expect("name").to_string();
+    let name = reference_dataset(&reference);
     let derived = reference.json("nnunet/expected/2d_896/config.json");
     let patch = derived["patch_size"][0].as_u64().expect("patch");
     let dir = Dir::new("plan-reference");
@@ -137,11 +131,7 @@ fn broken_data_sets_are_refused() {
 fn a_killed_preprocessing_run_completes_the_missing_cases_only() {
     let reference = reference_or_skip!();
     let raw = reference.file("nnunet/raw");
-    let name = std::fs::read_dir(&raw)
-        .expect("raw")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .find(|n| n.starts_with("Dataset"))
-        .expect("a data set");
+    let name = reference_dataset(&reference);
     let cases = std::fs::read_dir(raw.join(&name).join("labelsTr"))
         .expect("labels")
         .count();

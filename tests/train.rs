@@ -9,18 +9,14 @@ use meddino::train::trainer::{CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LATE
 use meddino::train::TrainerRegistry;
 use meddino_testutil::reference_or_skip;
 
-use crate::util::Dir;
+use crate::util::{reference_dataset, Dir};
 
 /// The reference raw data set planned and preprocessed into `dir/preprocessed`; returns its
 /// name and a 2-D configuration whose patch the ViTs take (`2d`, or a derived `2d_N` when the
 /// planned patch is not a multiple of 16).
 fn preprocessed_phantom(dir: &Dir, reference: &meddino_testutil::ReferenceDir) -> (String, String) {
     let raw = reference.file("nnunet/raw");
-    let name = std::fs::read_dir(&raw)
-        .expect("raw")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .find(|n| n.starts_with("Dataset"))
-        .expect("a data set");
+    let name = reference_dataset(reference);
     let plans = reference.json("nnunet/expected/nnUNetPlans.json");
     let patch: Vec<u64> = serde_json::from_value(plans["configurations"]["2d"]["patch_size"].clone()).expect("patch");
     let configuration = if patch.iter().all(|p| p % 16 == 0) {
@@ -62,6 +58,32 @@ fn train_args<'a>(dir: &'a Dir, name: &'a str, configuration: &'a str, results: 
         "2",
         "--seed",
         "3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// `meddino predict` of the images in `input` into `output` with fold 0 of `trainer`, trained
+/// into `results` (relative to the test folder).
+fn predict_args(input: &Path, output: &str, name: &str, configuration: &str, trainer: &str) -> Vec<String> {
+    let input = input.to_str().expect("utf-8");
+    [
+        "predict",
+        "-i",
+        input,
+        "-o",
+        output,
+        "-d",
+        name,
+        "-c",
+        configuration,
+        "-f",
+        "0",
+        "-tr",
+        trainer,
+        "--results",
+        "results",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -147,26 +169,14 @@ fn trains_two_short_epochs_on_the_reference_phantoms() {
     // geometry; a second run skips finished cases.
     let raw_images = reference.file(format!("nnunet/raw/{name}/imagesTr"));
     let predict = |extra: &[&str]| {
-        let mut args = vec![
-            "predict",
-            "-i",
-            raw_images.to_str().expect("utf-8"),
-            "-o",
-            "predicted",
-            "-d",
-            &name,
-            "-c",
-            &configuration,
-            "-f",
-            "0",
-            "-tr",
-            trainer,
-            "--results",
-            "results",
-            "--disable-tta",
-        ];
-        args.extend_from_slice(extra);
-        dir.meddino(&args)
+        let mut args = predict_args(&raw_images, "predicted", &name, &configuration, trainer);
+        args.extend(
+            std::iter::once("--disable-tta")
+                .chain(extra.iter().copied())
+                .map(String::from),
+        );
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        dir.meddino(&argv)
     };
     let stderr = predict(&[]).assert_code(0).stderr();
     assert!(stderr.contains("predicted with 1 fold"), "{stderr}");
@@ -206,19 +216,9 @@ fn trains_two_short_epochs_on_the_reference_phantoms() {
     std::fs::create_dir_all(&odd).expect("odd");
     std::fs::copy(raw_images.join(&inputs[0]), odd.join(format!("x_0000{ending}"))).expect("copy");
     std::fs::copy(raw_images.join(&inputs[0]), odd.join(format!("x_0001{ending}"))).expect("copy");
-    let mut args = vec![
-        "predict",
-        "-i",
-        odd.to_str().expect("utf-8"),
-        "-o",
-        "out2",
-        "-d",
-        &name,
-        "-c",
-        &configuration,
-    ];
-    args.extend(["-f", "0", "-tr", trainer, "--results", "results"]);
-    let stderr = dir.meddino(&args).assert_code(1).stderr();
+    let args = predict_args(&odd, "out2", &name, &configuration, trainer);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stderr = dir.meddino(&argv).assert_code(1).stderr();
     assert!(
         stderr.contains("case x has 2 channel file(s)") && stderr.contains("takes 1"),
         "{stderr}"
@@ -515,24 +515,9 @@ fn training_inputs_that_do_not_fit_are_refused_naming_them() {
         .insert("dino_encoder.norm.bias".into(), norm.narrow(0, 0, 8).expect("narrow"));
     checkpoint.save(&final_path).expect("save");
     let raw_images = reference.file(format!("nnunet/raw/{name}/imagesTr"));
-    let predict_args = [
-        "predict",
-        "-i",
-        raw_images.to_str().expect("utf-8"),
-        "-o",
-        "out",
-        "-d",
-        &name,
-        "-c",
-        &configuration,
-        "-f",
-        "0",
-        "-tr",
-        trainer,
-        "--results",
-        "results",
-    ];
-    let stderr = dir.meddino(&predict_args).assert_code(1).stderr();
+    let args = predict_args(&raw_images, "out", &name, &configuration, trainer);
+    let predict_argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stderr = dir.meddino(&predict_argv).assert_code(1).stderr();
     for problem in [
         "missing: dino_encoder.cls_token",
         "unexpected: dino_encoder.surplus",
@@ -545,7 +530,7 @@ fn training_inputs_that_do_not_fit_are_refused_naming_them() {
     // A truncated checkpoint is refused by predict, naming it.
     let bytes = std::fs::read(fold.join(CHECKPOINT_FINAL)).expect("final");
     std::fs::write(fold.join(CHECKPOINT_FINAL), &bytes[..bytes.len() / 2]).expect("truncate");
-    let stderr = dir.meddino(&predict_args).assert_code(1).stderr();
+    let stderr = dir.meddino(&predict_argv).assert_code(1).stderr();
     assert!(stderr.contains("checkpoint_final.safetensors"), "{stderr}");
     assert!(
         !dir.path().join("out").read_dir().is_ok_and(|mut d| d.next().is_some()),

@@ -76,3 +76,13 @@ impl TestOutput {
         self
     }
 }
+
+/// The name of the data set (`DatasetXXX_Name`) in the reference raw folder
+/// (`<reference>/nnunet/raw`), whatever the reference data set is called.
+pub fn reference_dataset(reference: &meddino_testutil::ReferenceDir) -> String {
+    std::fs::read_dir(reference.file("nnunet/raw"))
+        .expect("the reference raw folder")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.starts_with("Dataset"))
+        .expect("a DatasetXXX_Name folder in the reference raw folder")
+}
