@@ -38,7 +38,7 @@ mod layer_scale;
 mod norm;
 mod patch_embed;
 pub mod rope;
-mod stochastic;
+pub mod stochastic;
 pub mod visualize;
 pub mod vit;
 

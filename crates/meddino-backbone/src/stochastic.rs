@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// A small shared generator (SplitMix64); clones of a model share one stream.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct StochasticRng {
+pub struct StochasticRng {
     state: Arc<Mutex<u64>>,
 }
 
 impl StochasticRng {
     /// Restarts the stream at `seed`.
-    pub(crate) fn reseed(&self, seed: u64) {
+    pub fn reseed(&self, seed: u64) {
         *self.state.lock().unwrap_or_else(PoisonError::into_inner) = seed;
     }
 
@@ -27,7 +27,7 @@ impl StochasticRng {
     }
 
     /// `n` values uniform in `[lo, hi)`.
-    pub(crate) fn uniform(&self, lo: f64, hi: f64, n: usize) -> Vec<f32> {
+    pub fn uniform(&self, lo: f64, hi: f64, n: usize) -> Vec<f32> {
         (0..n)
             .map(|_| {
                 let unit = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
@@ -37,7 +37,7 @@ impl StochasticRng {
     }
 
     /// A uniformly random permutation of `0..n` (Fisher–Yates).
-    pub(crate) fn permutation(&self, n: usize) -> Vec<u32> {
+    pub fn permutation(&self, n: usize) -> Vec<u32> {
         let mut order: Vec<u32> = (0..n as u32).collect();
         for i in (1..n).rev() {
             let j = (self.next_u64() % (i as u64 + 1)) as usize;

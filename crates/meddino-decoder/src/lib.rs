@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
 
+pub mod baselines;
 mod error;
 #[cfg(feature = "cuda")]
 pub mod kernels;

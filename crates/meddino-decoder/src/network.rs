@@ -58,6 +58,32 @@ pub trait SegmentationNetwork: std::fmt::Debug + Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Training-mode outputs for deep supervision, highest resolution first: output `i` is
+    /// `[B, num_classes, H / f_i, W / f_i]` for the network's downsampling factors `f_i`
+    /// (nnU-Net's PlainConvUNet returns one per decoder stage). Networks without deep
+    /// supervision return the one training-mode output.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::forward_t`].
+    fn forward_deep_supervision(&self, xs: &Tensor) -> Result<Vec<Tensor>> {
+        Ok(vec![self.forward_t(xs, true)?])
+    }
+
+    /// Whether the variable called `name` is trained. Running statistics of batch norms and
+    /// frozen encoders are variables (checkpoints carry them) but not trained.
+    fn is_trainable(&self, _name: &str) -> bool {
+        true
+    }
+
+    /// Extra state-dict names PyTorch gives to tensors registered under two module paths
+    /// (dynamic-network-architectures' `convs.0.all_modules.0` for `convs.0.conv`, the
+    /// decoder's `decoder.encoder.*` for `encoder.*`), as `(alias, name)` pairs. A PyTorch
+    /// checkpoint holds both names; ours hold each tensor once.
+    fn state_dict_aliases(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
     /// Eval-mode forward.
     ///
     /// # Errors
