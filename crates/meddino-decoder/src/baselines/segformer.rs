@@ -797,6 +797,63 @@ mod tests {
     }
 
     #[test]
+    fn initialisation_follows_init_weights() {
+        let varmap = VarMap::new();
+        let net = tiny(&varmap, 1);
+        let data = varmap.data().lock().expect("varmap");
+        let values = |name: &str| -> Vec<f32> {
+            data.get(name)
+                .unwrap_or_else(|| panic!("no variable {name}"))
+                .flatten_all()
+                .and_then(|t| t.to_vec1())
+                .expect("values")
+        };
+        let within = |name: &str, bound: f64| {
+            let v = values(name);
+            let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+            // Uniform draws fill most of the interval.
+            assert!(
+                f64::from(max) <= bound && f64::from(max) > 0.5 * bound,
+                "{name}: max {max}, bound {bound}"
+            );
+        };
+        let cfg = net.config();
+        let (dim, hidden) = (cfg.embed_dims[0], cfg.hidden_dim(0));
+        // Xavier uniform with PyTorch's fans.
+        within("backbone.block1.0.attn.q.weight", (6.0 / (2 * dim) as f64).sqrt());
+        within("backbone.block1.0.mlp.fc1.weight", (6.0 / (dim + hidden) as f64).sqrt());
+        within(
+            "backbone.patch_embed1.proj.weight",
+            (6.0 / ((3 + dim) * 49) as f64).sqrt(),
+        );
+        within(
+            "backbone.block1.0.mlp.dwconv.dwconv.weight",
+            (6.0 / (9 + 9 * hidden) as f64).sqrt(),
+        );
+        // ConvTranspose2d keeps PyTorch's default: weight and bias in ±1/√(C·16).
+        let k = cfg.num_classes;
+        within("decoder.conv_up.weight", 1.0 / ((k * 16) as f64).sqrt());
+        // Only `k` draws: in the interval and not the zeros `conv2d` would give.
+        let bias = values("decoder.conv_up.bias");
+        let bound = 1.0 / ((k * 16) as f64).sqrt();
+        assert!(bias.iter().all(|b| f64::from(b.abs()) <= bound), "{bias:?}");
+        assert!(bias.iter().any(|b| *b != 0.0), "{bias:?}");
+        for (name, expected) in [
+            ("backbone.block1.0.attn.q.bias", 0.0),
+            ("backbone.patch_embed1.proj.bias", 0.0),
+            ("decoder.linear_pred.bias", 0.0),
+            ("backbone.norm1.weight", 1.0),
+            ("backbone.norm1.bias", 0.0),
+            ("backbone.block1.0.mlp.norm1.weight", 1.0),
+            ("decoder.linear_fuse.bn.weight", 1.0),
+            ("decoder.linear_fuse.bn.running_var", 1.0),
+            ("decoder.linear_fuse.bn.running_mean", 0.0),
+        ] {
+            assert!(values(name).iter().all(|v| *v == expected), "{name}");
+        }
+    }
+
+    #[test]
     fn reseeding_repeats_a_training_forward() {
         let varmap = VarMap::new();
         let net = tiny(&varmap, 1);
