@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use meddino_decoder::baselines::unet::{PlainConvUNet, PlainConvUNetConfig};
 use meddino_decoder::SegmentationNetwork;
@@ -107,4 +107,20 @@ fn plain_conv_unet_state_dict_matches_reference() {
     let ours = state_dict_shapes(&varmap, &network.state_dict_aliases());
     let expected = reference_shapes(&reference, "plainconvunet_phantom2d_c4");
     assert_same_state_dict("plainconvunet_phantom2d_c4", &ours, &expected);
+
+    // The full-size network runs: one deep-supervision output per decoder stage, each
+    // `1 / cumprod(strides)` of the input, highest resolution first.
+    let side = network.input_multiple();
+    let xs = Tensor::zeros((1, channels, side, side), DType::F32, &Device::Cpu).expect("input");
+    let outputs = network.forward_deep_supervision(&xs).expect("forward");
+    let mut scale = 1;
+    let expected_shapes: Vec<Vec<usize>> = cfg.strides[..cfg.n_stages - 1]
+        .iter()
+        .map(|stride| {
+            scale *= stride;
+            vec![1, classes, side / scale, side / scale]
+        })
+        .collect();
+    let shapes: Vec<Vec<usize>> = outputs.iter().map(|o| o.dims().to_vec()).collect();
+    assert_eq!(shapes, expected_shapes);
 }
