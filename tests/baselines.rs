@@ -1,9 +1,9 @@
 //! The baselines' trainers end to end: two short epochs on the reference phantoms, the
 //! final validation, a strict reload of the final checkpoint by `meddino predict`.
 
+use meddino::backbone::candle::Device;
 use meddino::train::checkpoint::TrainingCheckpoint;
 use meddino::train::trainer::CHECKPOINT_FINAL;
-use meddino::backbone::candle::Device;
 use meddino_testutil::reference_or_skip;
 
 use crate::train::{fold_folder, predict_args, preprocessed_phantom, train_args, write_random_backbone};
@@ -29,7 +29,11 @@ fn trains_and_predicts(
     let run = dir.meddino(&argv);
     let stderr = run.assert_code(0).stderr();
     assert!(stderr.contains("Epoch 1") && stderr.contains("Pseudo dice"), "{stderr}");
-    assert!(run.stdout().contains("classwise"), "validation summary: {}", run.stdout());
+    assert!(
+        run.stdout().contains("classwise"),
+        "validation summary: {}",
+        run.stdout()
+    );
 
     let fold = fold_folder(&dir.path().join("results"), &name, trainer, &configuration);
     for file in [CHECKPOINT_FINAL, "validation/summary.json", "progress.png"] {
@@ -41,7 +45,9 @@ fn trains_and_predicts(
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let stderr = dir.meddino(&argv).assert_code(0).stderr();
     assert!(stderr.contains("predicted with 1 fold"), "{stderr}");
-    let predicted = std::fs::read_dir(dir.path().join("predicted")).expect("predictions").count();
+    let predicted = std::fs::read_dir(dir.path().join("predicted"))
+        .expect("predictions")
+        .count();
     let inputs = std::fs::read_dir(&raw_images).expect("imagesTr").count();
     assert_eq!(predicted, inputs, "one label map per input");
 

@@ -7,3 +7,4 @@
 
 pub mod layers;
 pub mod segformer;
+pub mod unet;
