@@ -6,7 +6,7 @@ use meddino::train::checkpoint::TrainingCheckpoint;
 use meddino::train::trainer::CHECKPOINT_FINAL;
 use meddino_testutil::reference_or_skip;
 
-use crate::train::{fold_folder, predict_args, preprocessed_phantom, train_args, write_random_backbone};
+use crate::train::{fold_folder, predict_args, preprocessed_phantom, train_args};
 use crate::util::Dir;
 
 /// Trains `trainer` for two epochs of two iterations (batch 2) with `extra` arguments, checks
@@ -39,8 +39,17 @@ fn trains_and_predicts(
     for file in [CHECKPOINT_FINAL, "validation/summary.json", "progress.png"] {
         assert!(fold.join(file).is_file(), "{file} written");
     }
+    // One image is enough to show the checkpoint reloads strictly and predicts.
     let raw_images = reference.file(format!("nnunet/raw/{name}/imagesTr"));
-    let mut args = predict_args(&raw_images, "predicted", &name, &configuration, trainer);
+    let first = std::fs::read_dir(&raw_images)
+        .expect("imagesTr")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .min()
+        .expect("an image");
+    let input = dir.path().join("input");
+    std::fs::create_dir_all(&input).expect("input folder");
+    std::fs::copy(&first, input.join(first.file_name().expect("name"))).expect("copy");
+    let mut args = predict_args(&input, "predicted", &name, &configuration, trainer);
     args.push("--disable-tta".into());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let stderr = dir.meddino(&argv).assert_code(0).stderr();
@@ -48,8 +57,7 @@ fn trains_and_predicts(
     let predicted = std::fs::read_dir(dir.path().join("predicted"))
         .expect("predictions")
         .count();
-    let inputs = std::fs::read_dir(&raw_images).expect("imagesTr").count();
-    assert_eq!(predicted, inputs, "one label map per input");
+    assert_eq!(predicted, 1, "one label map");
 
     let checkpoint = TrainingCheckpoint::load(&fold.join(CHECKPOINT_FINAL), &Device::Cpu).expect("final");
     assert_eq!(checkpoint.meta.optimizer_steps, 4);
@@ -66,4 +74,20 @@ fn segformer_trainer_trains_and_predicts_the_phantoms() {
         .to_scalar::<f32>()
         .expect("scalar");
     assert_eq!(tracked, 4.0, "two epochs of two training steps");
+}
+
+#[test]
+fn nnunet_trainer_trains_with_deep_supervision_and_predicts_the_phantoms() {
+    let reference = reference_or_skip!();
+    let checkpoint = trains_and_predicts(&reference, "baseline-nnunet", "nnUNetTrainer", &[]);
+    // Each tensor once: PyTorch's second names (`all_modules`, `decoder.encoder`) are not
+    // written, and the nnU-Net state-dict names are.
+    assert!(checkpoint
+        .network
+        .contains_key("encoder.stages.0.0.convs.0.conv.weight"));
+    assert!(checkpoint.network.contains_key("decoder.seg_layers.0.weight"));
+    assert!(!checkpoint
+        .network
+        .keys()
+        .any(|k| k.contains("all_modules") || k.starts_with("decoder.encoder.")));
 }

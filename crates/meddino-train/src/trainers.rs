@@ -6,6 +6,7 @@ use candle_nn::VarBuilder;
 use meddino_backbone::checkpoint::ENCODER_PREFIX;
 use meddino_backbone::Config;
 use meddino_decoder::baselines::segformer::{SegFormer, SegFormerConfig};
+use meddino_decoder::baselines::unet::{PlainConvUNet, PlainConvUNetConfig};
 use meddino_decoder::{Primus, SegmentationNetwork};
 
 use crate::error::{Error, Result};
@@ -192,6 +193,32 @@ fn build_primus_multiscale(request: &NetworkRequest, vb: VarBuilder) -> Result<B
     ))
 }
 
+/// The plans configuration's `architecture.arch_kwargs`, for networks built from them;
+/// `network_class_name` must name `expected`.
+fn arch_kwargs<'a>(request: &'a NetworkRequest, expected: &str) -> Result<&'a serde_json::Value> {
+    let architecture = request
+        .configuration
+        .get("architecture")
+        .ok_or_else(|| Error::Setup("the plans configuration has no `architecture` entry".into()))?;
+    let class = architecture["network_class_name"].as_str().unwrap_or_default();
+    if !class.ends_with(expected) {
+        return Err(Error::Setup(format!(
+            "architecture.network_class_name is {class:?}; this trainer builds {expected}"
+        )));
+    }
+    architecture
+        .get("arch_kwargs")
+        .ok_or_else(|| Error::Setup("the plans configuration has no `architecture.arch_kwargs`".into()))
+}
+
+/// nnU-Net's default network: the plans' PlainConvUNet, deep supervision on.
+fn build_plain_conv_unet(request: &NetworkRequest, vb: VarBuilder) -> Result<Box<dyn SegmentationNetwork>> {
+    let kwargs = arch_kwargs(request, "PlainConvUNet")?;
+    let cfg = PlainConvUNetConfig::from_arch_kwargs(kwargs, request.input_channels, request.num_classes)
+        .map_err(decoder_error)?;
+    Ok(Box::new(PlainConvUNet::new(&cfg, vb).map_err(decoder_error)?))
+}
+
 /// `segformerTrainer`'s SegFormer MiT-B2, from scratch.
 fn build_segformer(request: &NetworkRequest, vb: VarBuilder) -> Result<Box<dyn SegmentationNetwork>> {
     let cfg = SegFormerConfig::mit_b2(request.num_classes);
@@ -245,6 +272,13 @@ const fn dinov3_adamw(encoder_lr: f64) -> OptimizerSpec {
 
 /// nnU-Net's `PolyLRScheduler`: `(1 − epoch / epochs)^0.9`, per epoch.
 const NNUNET_POLY: Schedule = Schedule::Poly { exponent: 0.9 };
+
+/// nnU-Net's SGD: lr 1e-2, Nesterov momentum 0.99, weight decay 3e-5.
+const NNUNET_SGD: OptimizerSpec = OptimizerSpec::Sgd {
+    lr: 1e-2,
+    momentum: 0.99,
+    weight_decay: 3e-5,
+};
 
 /// The trainers known by name.
 #[derive(Debug, Clone)]
@@ -331,6 +365,16 @@ impl TrainerRegistry {
                     },
                     schedule: Schedule::Linear,
                     deep_supervision: false,
+                },
+                TrainerSpec {
+                    name: "nnUNetTrainer",
+                    summary: "nnU-Net's default: the plans' PlainConvUNet with deep supervision; SGD 1e-2 (Nesterov \
+                              0.99), poly schedule",
+                    backbone: None,
+                    build: build_plain_conv_unet,
+                    optimizer: NNUNET_SGD,
+                    schedule: NNUNET_POLY,
+                    deep_supervision: true,
                 },
                 TrainerSpec {
                     name: "segformerTrainer",
