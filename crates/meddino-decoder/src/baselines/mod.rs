@@ -6,3 +6,4 @@
 //! checkpoints of the Python trainers load.
 
 pub mod layers;
+pub mod dino_unet;
