@@ -215,13 +215,45 @@ impl StateDict {
         device: &Device,
         build: impl FnOnce(VarBuilder) -> Result<T, E>,
     ) -> Result<T, E> {
+        self.load_strict_aliased(what, dtype, device, build, |_| Vec::new())
+    }
+
+    /// As [`Self::load_strict`], for modules PyTorch registers under two paths: `aliases`
+    /// gives the built value's `(alias, name)` pairs; an alias in the file is expected to
+    /// have its tensor's shape and is otherwise ignored (the tensor is read once, by name).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::load_strict`]; a mis-shaped alias is reported too.
+    pub fn load_strict_aliased<T, E: From<Error>>(
+        &self,
+        what: &str,
+        dtype: DType,
+        device: &Device,
+        build: impl FnOnce(VarBuilder) -> Result<T, E>,
+        aliases: impl FnOnce(&T) -> Vec<(String, String)>,
+    ) -> Result<T, E> {
         let records = Arc::new(Mutex::new(Records::default()));
         let backend = StrictBackend {
             tensors: self.tensors.clone(),
             records: Arc::clone(&records),
         };
         let built = build(VarBuilder::from_backend(Box::new(backend), dtype, device.clone()));
-        let records = std::mem::take(&mut *records.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut records = std::mem::take(&mut *records.lock().unwrap_or_else(PoisonError::into_inner));
+        if let Ok(value) = &built {
+            for (alias, name) in aliases(value) {
+                if let (Some(a), Some(t)) = (self.tensors.get(&alias), self.tensors.get(&name)) {
+                    if a.shape() != t.shape() {
+                        records.problems.push(format!(
+                            "wrong shape: {alias} is {:?}, but it names {name}, which is {:?}",
+                            a.dims(),
+                            t.dims()
+                        ));
+                    }
+                }
+                let _ = records.used.insert(alias);
+            }
+        }
         let mut problems = records.problems;
         let mut unexpected: Vec<&String> = self.tensors.keys().filter(|k| !records.used.contains(*k)).collect();
         unexpected.sort();

@@ -79,6 +79,70 @@ pub fn dice_and_ce_loss(logits: &Tensor, target: &Tensor, reduction: DiceReducti
     Ok((cross_entropy(logits, target)? + soft_dice_loss(logits, target, reduction)?)?)
 }
 
+/// nnU-Net's deep-supervision weights for `n` outputs: `1/2^i`, the last (lowest
+/// resolution) 0, normalised to sum 1 (`[1, .5, .25, 0] / 1.75` for four outputs).
+pub fn deep_supervision_weights(n: usize) -> Vec<f64> {
+    let mut weights: Vec<f64> = (0..n).map(|i| 0.5f64.powi(i as i32)).collect();
+    if n > 1 {
+        weights[n - 1] = 0.0;
+    }
+    let total: f64 = weights.iter().sum();
+    weights.iter().map(|w| w / total).collect()
+}
+
+/// Labels `[B, 1, H, W]` (or `[B, H, W]`) resized to `[B, 1, height, width]` with
+/// `interpolate(mode="nearest-exact")`, as nnU-Net's `DownsampleSegForDSTransform`: output
+/// pixel `i` takes source `⌊(i + 0.5)·H/height⌋`.
+///
+/// # Errors
+///
+/// When `labels` is not 3- or 4-D.
+pub fn downsample_labels(labels: &Tensor, height: usize, width: usize) -> Result<Tensor> {
+    let labels = if labels.rank() == 3 {
+        labels.unsqueeze(1)?
+    } else {
+        labels.clone()
+    };
+    let (_, _, h, w) = labels.dims4()?;
+    if (h, w) == (height, width) {
+        return Ok(labels);
+    }
+    let indices = |from: usize, to: usize| -> Result<Tensor> {
+        let scale = from as f64 / to as f64;
+        let picked: Vec<u32> = (0..to)
+            .map(|i| (((i as f64 + 0.5) * scale).floor() as usize).min(from - 1) as u32)
+            .collect();
+        Ok(Tensor::from_vec(picked, to, labels.device())?)
+    };
+    Ok(labels
+        .index_select(&indices(h, height)?, 2)?
+        .index_select(&indices(w, width)?, 3)?)
+}
+
+/// nnU-Net's `DeepSupervisionWrapper(DC_and_CE_loss)`: the loss of each output (highest
+/// resolution first) against the labels downsampled to its size, weighted by
+/// [`deep_supervision_weights`]. Outputs of weight 0 are skipped.
+///
+/// # Errors
+///
+/// When there are no outputs or the shapes do not fit.
+pub fn deep_supervision_loss(outputs: &[Tensor], labels: &Tensor, reduction: DiceReduction) -> Result<Tensor> {
+    let weights = deep_supervision_weights(outputs.len());
+    let mut total: Option<Tensor> = None;
+    for (output, weight) in outputs.iter().zip(weights) {
+        if weight == 0.0 {
+            continue;
+        }
+        let (_, _, h, w) = output.dims4()?;
+        let loss = (dice_and_ce_loss(output, &downsample_labels(labels, h, w)?, reduction)? * weight)?;
+        total = Some(match total {
+            None => loss,
+            Some(t) => (t + loss)?,
+        });
+    }
+    total.ok_or_else(|| candle_core::Error::Msg("deep supervision needs at least one output".into()).into())
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Var};
@@ -111,6 +175,35 @@ mod tests {
         let (q0, q1) = (1.0 / (1.0 + 2f32.exp()), 1f32.exp() / (1.0 + 1f32.exp()));
         let dice = (2.0 * q1 + 1e-5) / (q0 + q1 + 1.0 + 1e-5);
         assert!((loss + dice).abs() < 1e-6, "{loss} vs {}", -dice);
+    }
+
+    #[test]
+    fn deep_supervision_weights_and_downsampling_follow_nnunet() {
+        let w = deep_supervision_weights(4);
+        let expected = [1.0 / 1.75, 0.5 / 1.75, 0.25 / 1.75, 0.0];
+        assert!(w.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-12), "{w:?}");
+        assert_eq!(deep_supervision_weights(1), [1.0]);
+        // nearest-exact picks the odd pixels when halving: 0..8 → 1, 3, 5, 7.
+        let labels = Tensor::arange(0u32, 8, &Device::Cpu)
+            .and_then(|t| t.reshape((1, 1, 1, 8)))
+            .expect("labels");
+        let half = downsample_labels(&labels, 1, 4).expect("downsample");
+        assert_eq!(
+            half.flatten_all().and_then(|t| t.to_vec1::<u32>()).expect("values"),
+            [1, 3, 5, 7]
+        );
+        let outputs = [logits(), logits().narrow(3, 0, 1).expect("narrow")];
+        let target = Tensor::new(&[[[[0u32, 1]]]], &Device::Cpu).expect("target");
+        let loss: f32 = deep_supervision_loss(&outputs, &target, DiceReduction::Batch)
+            .and_then(|t| Ok(t.to_scalar()?))
+            .expect("ds loss");
+        let single: f32 = dice_and_ce_loss(&logits(), &target, DiceReduction::Batch)
+            .and_then(|t| Ok(t.to_scalar()?))
+            .expect("loss");
+        assert!(
+            (loss - single).abs() < 1e-6,
+            "the last output has weight 0: {loss} vs {single}"
+        );
     }
 
     #[test]

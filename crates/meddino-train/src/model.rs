@@ -124,5 +124,11 @@ fn build_strict(
     state: &StateDict,
     device: &Device,
 ) -> Result<Box<dyn SegmentationNetwork>> {
-    state.load_strict(spec.name, DType::F32, device, |vb| (spec.build)(request, vb))
+    state.load_strict_aliased(
+        spec.name,
+        DType::F32,
+        device,
+        |vb| (spec.build)(request, vb),
+        |network| network.state_dict_aliases(),
+    )
 }

@@ -3,6 +3,7 @@
 //! open: the baselines add their trainers with [`TrainerRegistry::register`].
 
 use candle_nn::VarBuilder;
+use meddino_backbone::checkpoint::ENCODER_PREFIX;
 use meddino_backbone::Config;
 use meddino_decoder::{Primus, SegmentationNetwork};
 
@@ -48,7 +49,7 @@ impl OptimizerSpec {
                 let (encoder, decoder): (NamedVars, NamedVars) = vars
                     .iter()
                     .cloned()
-                    .partition(|(name, _)| name.starts_with(meddino_backbone::checkpoint::ENCODER_PREFIX));
+                    .partition(|(name, _)| name.starts_with(ENCODER_PREFIX));
                 Box::new(GroupedAdamW::new(
                     vec![
                         ("decoder".into(), decoder, decoder_lr),
@@ -91,6 +92,9 @@ pub struct BackboneSpec {
     pub construct: fn(Config) -> Config,
     /// Weights.
     pub weights: PretrainedWeights,
+    /// Where the ViT's variables live in the network's state dict (`dino_encoder.` for the
+    /// Primus networks); pretrained weights are copied there.
+    pub prefix: &'static str,
 }
 
 impl BackboneSpec {
@@ -146,6 +150,9 @@ pub struct TrainerSpec {
     pub optimizer: OptimizerSpec,
     /// The per-epoch learning-rate schedule.
     pub schedule: Schedule,
+    /// Whether the loss is nnU-Net's deep-supervision sum over the network's
+    /// [`SegmentationNetwork::forward_deep_supervision`] outputs.
+    pub deep_supervision: bool,
 }
 
 /// The encoder blocks Primus_Multiscale reads for a `depth`-block ViT: the last block of
@@ -246,6 +253,7 @@ impl TrainerRegistry {
             preset: "vit_base",
             construct: dinov3_construct,
             weights,
+            prefix: ENCODER_PREFIX,
         };
         Self {
             specs: vec![
@@ -257,10 +265,12 @@ impl TrainerRegistry {
                         preset: "vit_base",
                         construct: meddinov3_construct,
                         weights: PretrainedWeights::Required { strict: true },
+                        prefix: ENCODER_PREFIX,
                     }),
                     build: build_primus_multiscale,
                     optimizer: MEDDINOV3_ADAMW,
                     schedule: Schedule::Linear,
+                    deep_supervision: false,
                 },
                 TrainerSpec {
                     name: "dinov3_base_primus_multiscale_Trainer",
@@ -270,6 +280,7 @@ impl TrainerRegistry {
                     build: build_primus_multiscale,
                     optimizer: dinov3_adamw(1e-4),
                     schedule: Schedule::Linear,
+                    deep_supervision: false,
                 },
                 TrainerSpec {
                     name: "dinov3_base_primus_Trainer",
@@ -278,6 +289,7 @@ impl TrainerRegistry {
                     build: build_primus,
                     optimizer: dinov3_adamw(1e-4),
                     schedule: Schedule::Linear,
+                    deep_supervision: false,
                 },
                 TrainerSpec {
                     name: "dinov3_base_primus_Trainer_scratch",
@@ -286,6 +298,7 @@ impl TrainerRegistry {
                     build: build_primus,
                     optimizer: dinov3_adamw(3e-4),
                     schedule: Schedule::Linear,
+                    deep_supervision: false,
                 },
                 TrainerSpec {
                     name: "phantom_demo_Trainer",
@@ -295,6 +308,7 @@ impl TrainerRegistry {
                         preset: "vit_micro",
                         construct: meddinov3_construct,
                         weights: PretrainedWeights::Scratch,
+                        prefix: ENCODER_PREFIX,
                     }),
                     build: build_primus_multiscale,
                     optimizer: OptimizerSpec::AdamW {
@@ -304,6 +318,7 @@ impl TrainerRegistry {
                         betas: (0.9, 0.98),
                     },
                     schedule: Schedule::Linear,
+                    deep_supervision: false,
                 },
             ],
         }

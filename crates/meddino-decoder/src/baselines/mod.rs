@@ -7,3 +7,4 @@
 
 pub mod layers;
 pub mod dino_unet;
+pub mod segformer;

@@ -36,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::init::seeded_var_builder;
 use crate::loader::{step_seed, BatchLoader, Phase};
 use crate::logs::{PseudoDice, TrainingLogs};
-use crate::loss::{dice_and_ce_loss, DiceReduction};
+use crate::loss::{deep_supervision_loss, dice_and_ce_loss, DiceReduction};
 use crate::optim::{clip_grad_norm, named_vars, NamedVars, Optimizer};
 use crate::plot::{render_progress, save_png};
 use crate::trainers::{NetworkRequest, PretrainedWeights};
@@ -62,7 +62,10 @@ pub struct Trainer<'o> {
     options: TrainOptions,
     observer: &'o dyn TrainingObserver,
     network: Box<dyn SegmentationNetwork>,
+    /// Every variable: what checkpoints hold and `--continue` restores.
     vars: NamedVars,
+    /// The variables the optimiser updates (frozen encoders and running statistics excluded).
+    trainable: NamedVars,
     optimizer: Box<dyn Optimizer>,
     logs: TrainingLogs,
     best_ema: Option<f64>,
@@ -182,20 +185,23 @@ impl<'o> Trainer<'o> {
             )));
         }
         let vars = named_vars(&varmap);
+        let trainable: NamedVars = vars
+            .iter()
+            .filter(|(name, _)| network.is_trainable(name))
+            .cloned()
+            .collect();
         let mut skipped = Vec::new();
         if let (Some(cfg), Some(path), Some(backbone_spec)) = (&backbone, &options.pretrained, spec.backbone) {
             let strict = matches!(backbone_spec.weights, PretrainedWeights::Required { strict: true });
             let buffers: Vec<String> = network
                 .buffers()?
                 .into_iter()
-                .filter_map(|(name, _)| {
-                    name.strip_prefix(meddino_backbone::checkpoint::ENCODER_PREFIX)
-                        .map(str::to_string)
-                })
+                .filter_map(|(name, _)| name.strip_prefix(backbone_spec.prefix).map(str::to_string))
                 .collect();
-            skipped = load_pretrained(&vars, &buffers, cfg, path, strict)?;
+            let encoder = (backbone_spec.prefix, cfg);
+            skipped = load_pretrained(&vars, &buffers, encoder, path, strict)?;
         }
-        let optimizer = spec.optimizer.build(&vars);
+        let optimizer = spec.optimizer.build(&trainable);
 
         let batch_size = options.batch_size.unwrap_or(configuration.batch_size).max(1);
         let augmentation = Augmentation2d {
@@ -258,6 +264,7 @@ impl<'o> Trainer<'o> {
             observer,
             network,
             vars,
+            trainable,
             optimizer,
             logs: TrainingLogs::default(),
             best_ema: None,
@@ -303,7 +310,7 @@ impl<'o> Trainer<'o> {
 
     /// Trainable parameters.
     pub fn parameter_count(&self) -> usize {
-        self.vars.iter().map(|(_, v)| v.elem_count()).sum()
+        self.trainable.iter().map(|(_, v)| v.elem_count()).sum()
     }
 
     /// Epochs completed.
@@ -478,8 +485,13 @@ impl<'o> Trainer<'o> {
             let (images, labels) = self.to_tensors(&batch?)?;
             self.network
                 .reseed(step_seed(self.options.seed ^ 0x5EED, self.epoch, Phase::Train, index));
-            let logits = self.network.forward_t(&images, true)?;
-            let loss = dice_and_ce_loss(&logits, &labels, self.reduction)?;
+            let loss = if self.options.trainer.deep_supervision {
+                let outputs = self.network.forward_deep_supervision(&images)?;
+                deep_supervision_loss(&outputs, &labels, self.reduction)?
+            } else {
+                let logits = self.network.forward_t(&images, true)?;
+                dice_and_ce_loss(&logits, &labels, self.reduction)?
+            };
             let value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
             if !value.is_finite() {
                 return Err(Error::Setup(format!(
@@ -488,7 +500,7 @@ impl<'o> Trainer<'o> {
                 )));
             }
             let mut grads = loss.backward()?;
-            let vars: Vec<Var> = self.vars.iter().map(|(_, v)| v.clone()).collect();
+            let vars: Vec<Var> = self.trainable.iter().map(|(_, v)| v.clone()).collect();
             let _ = clip_grad_norm(&mut grads, &vars, MAX_GRAD_NORM)?;
             self.optimizer.step(&grads)?;
             self.observer.iteration(value);

@@ -114,14 +114,15 @@ pub(super) fn open_cases(folder: &Path, ids: &[String]) -> Result<Arc<Vec<Prepro
     Ok(Arc::new(cases))
 }
 
-/// Copies pretrained backbone weights into the network's `dino_encoder.*` variables.
-/// Strict: every backbone variable must be in the file and nothing else may be (buffers the
-/// model computes excepted); otherwise tensors the backbone lacks are skipped and listed.
-/// Mis-shaped tensors are refused either way. Returns the names of skipped tensors.
+/// Copies pretrained backbone weights into the network's variables under `prefix`
+/// (`dino_encoder.` for Primus). Strict: every backbone variable must be in the file and
+/// nothing else may be (buffers the model computes excepted); otherwise tensors the backbone
+/// lacks are skipped and listed. Mis-shaped tensors are refused either way. Returns the
+/// names of skipped tensors.
 pub(super) fn load_pretrained(
     vars: &NamedVars,
     buffers: &[String],
-    cfg: &Config,
+    (prefix, cfg): (&str, &Config),
     path: &Path,
     strict: bool,
 ) -> Result<Vec<String>> {
@@ -138,10 +139,7 @@ pub(super) fn load_pretrained(
     }
     let encoder: HashMap<&str, &Var> = vars
         .iter()
-        .filter_map(|(name, var)| {
-            name.strip_prefix(meddino_backbone::checkpoint::ENCODER_PREFIX)
-                .map(|n| (n, var))
-        })
+        .filter_map(|(name, var)| name.strip_prefix(prefix).map(|n| (n, var)))
         .collect();
     let mut skipped = Vec::new();
     let mut problems = Vec::new();
