@@ -22,8 +22,9 @@ pub enum WeightInit {
     },
     /// Glorot, `xavier_uniform_`: bound √(6 / (fan_in + fan_out)).
     XavierUniform,
-    /// PyTorch's default for `nn.Conv2d`/`nn.Linear`: `kaiming_uniform_(a=√5)`, i.e.
-    /// bound 1/√fan_in.
+    /// PyTorch's default for `nn.Conv2d`/`nn.Linear`/`nn.ConvTranspose2d`:
+    /// `kaiming_uniform_(a=√5)`, i.e. bound 1/√fan_in, and the bias uniform in the same
+    /// bound. The other initialisers zero the bias.
     TorchDefault,
 }
 
@@ -43,6 +44,14 @@ impl WeightInit {
                 let bound = 1.0 / (fan_in as f64).sqrt();
                 Init::Uniform { lo: -bound, up: bound }
             }
+        }
+    }
+
+    /// The candle initialiser of the bias that goes with this weight initialisation.
+    pub fn bias_init(self, fan_in: usize) -> Init {
+        match self {
+            WeightInit::TorchDefault => self.init(fan_in, 0),
+            WeightInit::HeNormal { .. } | WeightInit::XavierUniform => Init::Const(0.0),
         }
     }
 }
@@ -105,7 +114,8 @@ impl ConvSpec {
     }
 }
 
-/// `nn.Conv2d` (`weight` `[out, in / groups, k, k]`, `bias` `[out]`); biases start at zero.
+/// `nn.Conv2d` (`weight` `[out, in / groups, k, k]`, `bias` `[out]`), initialised with
+/// PyTorch's fans (in `in/groups·k²`, out `out·k²`).
 ///
 /// # Errors
 ///
@@ -126,13 +136,14 @@ pub fn conv2d(spec: ConvSpec, init: WeightInit, vb: VarBuilder) -> Result<Conv2d
         )));
     }
     let receptive = kernel * kernel;
+    let fan_in = in_channels / groups * receptive;
     let weight = vb.get_with_hints(
         (out_channels, in_channels / groups, kernel, kernel),
         "weight",
-        init.init(in_channels / groups * receptive, out_channels / groups * receptive),
+        init.init(fan_in, out_channels * receptive),
     )?;
     let bias = if bias {
-        Some(vb.get_with_hints(out_channels, "bias", Init::Const(0.0))?)
+        Some(vb.get_with_hints(out_channels, "bias", init.bias_init(fan_in))?)
     } else {
         None
     };
@@ -149,8 +160,7 @@ pub fn conv2d(spec: ConvSpec, init: WeightInit, vb: VarBuilder) -> Result<Conv2d
     ))
 }
 
-/// `nn.Linear` (`weight` `[out, in]`, `bias` `[out]`, zero at the start), applied to the last
-/// axis of any rank.
+/// `nn.Linear` (`weight` `[out, in]`, `bias` `[out]`), applied to the last axis of any rank.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
@@ -170,7 +180,7 @@ impl Linear {
             init.init(in_features, out_features),
         )?;
         let bias = if bias {
-            Some(vb.get_with_hints(out_features, "bias", Init::Const(0.0))?)
+            Some(vb.get_with_hints(out_features, "bias", init.bias_init(in_features))?)
         } else {
             None
         };
@@ -226,7 +236,7 @@ impl PixelConvTranspose2d {
             "weight",
             init.init(out_channels * receptive, in_channels * receptive),
         )?;
-        let bias = Some(vb.get_with_hints(out_channels, "bias", Init::Const(0.0))?);
+        let bias = Some(vb.get_with_hints(out_channels, "bias", init.bias_init(out_channels * receptive))?);
         Ok(Self { weight, bias, kernel })
     }
 }

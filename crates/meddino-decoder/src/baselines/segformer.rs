@@ -41,7 +41,7 @@
 //! [`SegFormer::min_input_size`] (32 for MiT-B2; the phantom data set's 80×80 patch works).
 
 use candle_core::{Module, Tensor, D};
-use candle_nn::{Conv2d, Init, VarBuilder};
+use candle_nn::{Conv2d, VarBuilder};
 use meddino_backbone::stochastic::StochasticRng;
 use serde::{Deserialize, Serialize};
 
@@ -219,27 +219,6 @@ impl SegFormerConfig {
     }
 }
 
-/// A weight as `nn.init.xavier_uniform_` initialises it for a convolution with groups
-/// (PyTorch's fans: in `in/groups·k²`, out `out·k²`). Only the initialiser differs from
-/// [`conv2d`]'s, which divides the fan-out by the groups; created first so [`conv2d`] finds it.
-fn torch_xavier_grouped_weight(spec: ConvSpec, vb: &VarBuilder) -> Result<()> {
-    let receptive = spec.kernel * spec.kernel;
-    let fan_in = spec.in_channels / spec.groups.max(1) * receptive;
-    let fan_out = spec.out_channels * receptive;
-    let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
-    let _ = vb.get_with_hints(
-        (
-            spec.out_channels,
-            spec.in_channels / spec.groups.max(1),
-            spec.kernel,
-            spec.kernel,
-        ),
-        "weight",
-        Init::Uniform { lo: -bound, up: bound },
-    )?;
-    Ok(())
-}
-
 /// `OverlapPatchEmbeddings`: a strided convolution, then LayerNorm over the tokens.
 #[derive(Debug, Clone)]
 struct OverlapPatchEmbeddings {
@@ -336,10 +315,8 @@ struct DWConv {
 impl DWConv {
     fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
         let spec = ConvSpec::same(dim, dim, 3).depthwise();
-        let vb = vb.pp("dwconv");
-        torch_xavier_grouped_weight(spec, &vb)?;
         Ok(Self {
-            dwconv: conv2d(spec, WeightInit::XavierUniform, vb)?,
+            dwconv: conv2d(spec, WeightInit::XavierUniform, vb.pp("dwconv"))?,
         })
     }
 
@@ -525,12 +502,14 @@ impl Decoder {
             bn: BatchNorm2d::new(embed, BATCH_NORM_EPS, fuse_vb.pp("bn"))?,
         };
         let linear_pred = conv2d(ConvSpec::same(embed, classes, 1), init, vb.pp("linear_pred"))?;
-        // PyTorch's default ConvTranspose2d initialisation (init_weights skips it): the bias is
-        // uniform in ±1/√fan_in like the weight, created here before the layer reads it.
-        let up_vb = vb.pp("conv_up");
-        let bound = 1.0 / ((classes * FIRST_STRIDE * FIRST_STRIDE) as f64).sqrt();
-        let _ = up_vb.get_with_hints(classes, "bias", Init::Uniform { lo: -bound, up: bound })?;
-        let conv_up = PixelConvTranspose2d::new(classes, classes, FIRST_STRIDE, WeightInit::TorchDefault, up_vb)?;
+        // init_weights skips ConvTranspose2d: PyTorch's default initialisation, bias included.
+        let conv_up = PixelConvTranspose2d::new(
+            classes,
+            classes,
+            FIRST_STRIDE,
+            WeightInit::TorchDefault,
+            vb.pp("conv_up"),
+        )?;
         Ok(Self {
             linear_c,
             linear_fuse,
