@@ -40,15 +40,16 @@ const LAYER_NORM_EPS: f64 = 1e-6;
 
 /// `nn.Linear` initialised as the adapter's `_init_weights` does (`trunc_normal_(std=0.02)`,
 /// zero bias; the truncation at ±2 is 100 standard deviations away, so a plain normal).
-/// The weight is requested with that initialiser first, so a fresh variable starts from it
-/// and [`Linear::new`] then reads it back.
+/// [`WeightInit`] has no fixed-std normal, so the weight is requested with that initialiser
+/// first: a fresh variable starts from it and [`Linear::new`] reads it back (its own
+/// initialiser, chosen for its zero bias, then goes unused).
 fn linear_normal(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Linear> {
     let _ = vb.get_with_hints(
         (out_features, in_features),
         "weight",
         Init::Randn { mean: 0.0, stdev: 0.02 },
     )?;
-    Linear::new(in_features, out_features, true, WeightInit::TorchDefault, vb)
+    Linear::new(in_features, out_features, true, WeightInit::XavierUniform, vb)
 }
 
 /// A depth-wise 3×3 convolution with padding 1 (`weight` `[C, 1, 3, 3]`, optional bias
@@ -258,8 +259,12 @@ fn deformable_attention(dim: usize, heads: usize, points: usize, ratio: f64, vb:
     if fresh {
         let bias = vb.get(heads * points * 2, bias_name)?;
         if bias.is_variable() {
-            let grid = Tensor::from_vec(sampling_offset_grid(heads, 1, points), heads * points * 2, bias.device())?
-                .to_dtype(bias.dtype())?;
+            let grid = Tensor::from_vec(
+                sampling_offset_grid(heads, 1, points),
+                heads * points * 2,
+                bias.device(),
+            )?
+            .to_dtype(bias.dtype())?;
             Var::from_tensor(&bias)?.set(&grid)?;
         }
     }
@@ -337,13 +342,7 @@ impl Extractor {
         Ok(Self {
             query_norm: LayerNorm::new(dim, LAYER_NORM_EPS, vb.pp("query_norm"))?,
             feat_norm: LayerNorm::new(dim, LAYER_NORM_EPS, vb.pp("feat_norm"))?,
-            attn: deformable_attention(
-                dim,
-                cfg.deform_num_heads,
-                cfg.n_points,
-                cfg.deform_ratio,
-                vb.pp("attn"),
-            )?,
+            attn: deformable_attention(dim, cfg.deform_num_heads, cfg.n_points, cfg.deform_ratio, vb.pp("attn"))?,
             ffn,
             drop_path: cfg.drop_path_rate,
         })
@@ -538,7 +537,9 @@ mod tests {
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let conv = conv2d(ConvSpec::same(5, 5, 3).depthwise(), CONV_INIT, vb.pp("dw")).expect("conv");
         let bias = Tensor::randn(0f32, 1.0, 5, &Device::Cpu).expect("bias");
-        varmap.data().lock().expect("varmap")["dw.bias"].set(&bias).expect("set");
+        varmap.data().lock().expect("varmap")["dw.bias"]
+            .set(&bias)
+            .expect("set");
         let xs = Tensor::randn(0f32, 1.0, (2, 5, 6, 7), &Device::Cpu).expect("xs");
         let ours = depthwise_conv3x3(&xs, &conv).expect("ours");
         let grouped = conv.forward(&xs).expect("grouped");

@@ -4,15 +4,50 @@
 //! and brought to that stage's resolution (full, 1/2, 1/4, 1/8).
 //!
 //! Layout NCHW, f32. The norm and non-linearity are the plans' (`norm_op`, `nonlin`), as the
-//! reference passes the encoder's ops to `FAPM`.
+//! reference passes the encoder's ops to `FAPM` (the network substitutes `BatchNorm2d` and
+//! `ReLU` when the plans have none, as `DINOv3EncoderAdapter` does).
 
 use candle_core::{Module, Tensor, D};
 use candle_nn::{Conv2d, VarBuilder};
 
 use super::adapter::{depthwise_conv3x3, CONV_INIT};
-use super::ops::{Nonlin, Norm, PlanOps};
-use crate::baselines::layers::{conv2d, resize_bilinear, ConvSpec, PixelConvTranspose2d};
+use crate::baselines::layers::{conv2d, resize_bilinear, BatchNorm2d, ConvSpec, InstanceNorm2d, PixelConvTranspose2d};
+use crate::baselines::unet::{ConvOps, Nonlin, NormOp};
 use crate::error::{Error, Result};
+
+/// The plans' norm (`norm(oc, **norm_kwargs)`), or the identity without one.
+#[derive(Debug, Clone)]
+enum Norm {
+    Identity,
+    Instance(InstanceNorm2d),
+    Batch(BatchNorm2d),
+}
+
+impl Norm {
+    fn new(ops: &ConvOps, channels: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(match ops.norm {
+            None => Norm::Identity,
+            Some(NormOp::InstanceNorm2d { eps }) => Norm::Instance(InstanceNorm2d::new(channels, eps, vb)?),
+            Some(NormOp::BatchNorm2d { eps }) => Norm::Batch(BatchNorm2d::new(channels, eps, vb)?),
+        })
+    }
+
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Norm::Identity => Ok(xs.clone()),
+            Norm::Instance(norm) => Ok(norm.forward(xs)?),
+            Norm::Batch(norm) => norm.forward_t(xs, train),
+        }
+    }
+}
+
+/// The plans' non-linearity, or the identity without one.
+fn activate(act: Option<Nonlin>, xs: &Tensor) -> Result<Tensor> {
+    match act {
+        None => Ok(xs.clone()),
+        Some(nonlin) => nonlin.forward(xs),
+    }
+}
 
 /// A 1×1 convolution `cin → cout`.
 fn conv1x1(cin: usize, cout: usize, bias: bool, vb: VarBuilder) -> Result<Conv2d> {
@@ -51,11 +86,11 @@ struct DepthwiseSeparableConv {
     depthwise: Conv2d,
     pointwise: Conv2d,
     bn: Norm,
-    act: Nonlin,
+    act: Option<Nonlin>,
 }
 
 impl DepthwiseSeparableConv {
-    fn new(channels: usize, ops: &PlanOps, vb: VarBuilder) -> Result<Self> {
+    fn new(channels: usize, ops: &ConvOps, vb: VarBuilder) -> Result<Self> {
         let spec = ConvSpec::same(channels, channels, 3).depthwise();
         Ok(Self {
             depthwise: conv2d(
@@ -64,14 +99,14 @@ impl DepthwiseSeparableConv {
                 vb.pp("depthwise"),
             )?,
             pointwise: conv1x1(channels, channels, ops.conv_bias, vb.pp("pointwise"))?,
-            bn: ops.norm(channels, vb.pp("bn"))?,
+            bn: Norm::new(ops, channels, vb.pp("bn"))?,
             act: ops.nonlin,
         })
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let xs = self.pointwise.forward(&depthwise_conv3x3(xs, &self.depthwise)?)?;
-        self.act.forward(&self.bn.forward_t(&xs, train)?)
+        activate(self.act, &self.bn.forward_t(&xs, train)?)
     }
 }
 
@@ -81,17 +116,17 @@ impl DepthwiseSeparableConv {
 struct Refinement {
     reduce: Conv2d,
     norm: Norm,
-    act: Nonlin,
+    act: Option<Nonlin>,
     dw: DepthwiseSeparableConv,
     refine: Conv2d,
     se: SqueezeExcitation,
 }
 
 impl Refinement {
-    fn new(rank: usize, channels: usize, ops: &PlanOps, vb: VarBuilder) -> Result<Self> {
+    fn new(rank: usize, channels: usize, ops: &ConvOps, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             reduce: conv1x1(rank, channels, ops.conv_bias, vb.pp(0))?,
-            norm: ops.norm(channels, vb.pp(1))?,
+            norm: Norm::new(ops, channels, vb.pp(1))?,
             act: ops.nonlin,
             dw: DepthwiseSeparableConv::new(channels, ops, vb.pp(3))?,
             refine: conv1x1(channels, channels, ops.conv_bias, vb.pp(4))?,
@@ -100,7 +135,7 @@ impl Refinement {
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let xs = self.act.forward(&self.norm.forward_t(&self.reduce.forward(xs)?, train)?)?;
+        let xs = activate(self.act, &self.norm.forward_t(&self.reduce.forward(xs)?, train)?)?;
         let xs = self.refine.forward(&self.dw.forward_t(&xs, train)?)?;
         self.se.forward(&xs)
     }
@@ -128,10 +163,10 @@ impl FAPM {
         in_channels: usize,
         rank: usize,
         out_channels: &[usize],
-        ops: &PlanOps,
+        ops: &ConvOps,
         vb: VarBuilder,
     ) -> Result<Self> {
-        if rank == 0 || out_channels.iter().any(|&c| c == 0) {
+        if rank == 0 || out_channels.contains(&0) {
             return Err(Error::Config(format!(
                 "FAPM needs a positive rank and widths, got rank {rank} and {out_channels:?}"
             )));
