@@ -4,9 +4,9 @@
 //! 1/8 resolution and decoded by nnU-Net's U-Net decoder.
 //!
 //! - `encoder` (`DINOv3EncoderAdapter`): input channels to 3 (one repeated; two repeated and
-//!   cut; more cut to the first three), `dinov3_adapter` ([`adapter`]: the ViT at
+//!   cut; more cut to the first three), `dinov3_adapter` (module `adapter`: the ViT at
 //!   `encoder.dinov3_adapter.backbone.*`, the spatial prior, deformable-attention
-//!   extractors, batch norms), `fapm` and `ups` ([`fapm`]).
+//!   extractors, batch norms), `fapm` and `ups` (module `fapm`).
 //! - `decoder`: [`UNetDecoder`] over 4 stages with widths `features_per_stage[:4]` of the
 //!   plans, strides 2 and 3×3 kernels, `[n_conv_per_stage_decoder[0]] × 3` convolutions per
 //!   stage and the plans' conv ops; only the full-resolution output (no deep supervision, as
