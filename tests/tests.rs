@@ -17,3 +17,6 @@ mod plan;
 
 // `meddino train`: short runs on the reference phantoms, weights checks, kill and continue.
 mod train;
+
+// The baselines' trainers (nnU-Net, SegFormer, Dino U-Net): short runs, then prediction.
+mod baselines;

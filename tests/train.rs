@@ -14,7 +14,7 @@ use crate::util::{reference_dataset, Dir};
 /// The reference raw data set planned and preprocessed into `dir/preprocessed`; returns its
 /// name and a 2-D configuration whose patch the ViTs take (`2d`, or a derived `2d_N` when the
 /// planned patch is not a multiple of 16).
-fn preprocessed_phantom(dir: &Dir, reference: &meddino_testutil::ReferenceDir) -> (String, String) {
+pub(crate) fn preprocessed_phantom(dir: &Dir, reference: &meddino_testutil::ReferenceDir) -> (String, String) {
     let raw = reference.file("nnunet/raw");
     let name = reference_dataset(reference);
     let plans = reference.json("nnunet/expected/nnUNetPlans.json");
@@ -41,7 +41,7 @@ fn preprocessed_phantom(dir: &Dir, reference: &meddino_testutil::ReferenceDir) -
     (name, configuration)
 }
 
-fn train_args<'a>(dir: &'a Dir, name: &'a str, configuration: &'a str, results: &'a str) -> Vec<String> {
+pub(crate) fn train_args<'a>(dir: &'a Dir, name: &'a str, configuration: &'a str, results: &'a str) -> Vec<String> {
     let preprocessed = dir.path().join("preprocessed");
     [
         "train",
@@ -66,7 +66,7 @@ fn train_args<'a>(dir: &'a Dir, name: &'a str, configuration: &'a str, results: 
 
 /// `meddino predict` of the images in `input` into `output` with fold 0 of `trainer`, trained
 /// into `results` (relative to the test folder).
-fn predict_args(input: &Path, output: &str, name: &str, configuration: &str, trainer: &str) -> Vec<String> {
+pub(crate) fn predict_args(input: &Path, output: &str, name: &str, configuration: &str, trainer: &str) -> Vec<String> {
     let input = input.to_str().expect("utf-8");
     [
         "predict",
@@ -90,7 +90,7 @@ fn predict_args(input: &Path, output: &str, name: &str, configuration: &str, tra
     .collect()
 }
 
-fn fold_folder(results: &Path, name: &str, trainer: &str, configuration: &str) -> PathBuf {
+pub(crate) fn fold_folder(results: &Path, name: &str, trainer: &str, configuration: &str) -> PathBuf {
     results
         .join(name)
         .join(format!("{trainer}__nnUNetPlans__{configuration}"))
@@ -281,7 +281,7 @@ fn trainers_that_fine_tune_demand_weights_and_scratch_ones_refuse_them() {
 
 /// Random weights of `preset` built with `trainer`'s backbone arguments, as a `--pretrained`
 /// safetensors file.
-fn write_random_backbone(trainer: &str, preset: &str, path: &Path) {
+pub(crate) fn write_random_backbone(trainer: &str, preset: &str, path: &Path) {
     let registry = TrainerRegistry::builtin();
     let cfg = registry
         .get(trainer)

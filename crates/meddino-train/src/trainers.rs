@@ -5,6 +5,7 @@
 use candle_nn::VarBuilder;
 use meddino_backbone::checkpoint::ENCODER_PREFIX;
 use meddino_backbone::Config;
+use meddino_decoder::baselines::segformer::{SegFormer, SegFormerConfig};
 use meddino_decoder::{Primus, SegmentationNetwork};
 
 use crate::error::{Error, Result};
@@ -191,6 +192,14 @@ fn build_primus_multiscale(request: &NetworkRequest, vb: VarBuilder) -> Result<B
     ))
 }
 
+/// `segformerTrainer`'s SegFormer MiT-B2, from scratch.
+fn build_segformer(request: &NetworkRequest, vb: VarBuilder) -> Result<Box<dyn SegmentationNetwork>> {
+    let cfg = SegFormerConfig::mit_b2(request.num_classes);
+    Ok(Box::new(
+        SegFormer::new(&cfg, request.input_channels, vb).map_err(decoder_error)?,
+    ))
+}
+
 fn decoder_error(error: meddino_decoder::Error) -> Error {
     Error::Setup(format!("cannot build the network: {error}"))
 }
@@ -234,6 +243,9 @@ const fn dinov3_adamw(encoder_lr: f64) -> OptimizerSpec {
     }
 }
 
+/// nnU-Net's `PolyLRScheduler`: `(1 − epoch / epochs)^0.9`, per epoch.
+const NNUNET_POLY: Schedule = Schedule::Poly { exponent: 0.9 };
+
 /// The trainers known by name.
 #[derive(Debug, Clone)]
 pub struct TrainerRegistry {
@@ -247,7 +259,7 @@ impl Default for TrainerRegistry {
 }
 
 impl TrainerRegistry {
-    /// The MedDINOv3 and DINOv3 Primus trainers.
+    /// The MedDINOv3 and DINOv3 Primus trainers and the baselines.
     pub fn builtin() -> Self {
         let dinov3 = |weights| BackboneSpec {
             preset: "vit_base",
@@ -318,6 +330,20 @@ impl TrainerRegistry {
                         betas: (0.9, 0.98),
                     },
                     schedule: Schedule::Linear,
+                    deep_supervision: false,
+                },
+                TrainerSpec {
+                    name: "segformerTrainer",
+                    summary: "SegFormer MiT-B2 from scratch (input repeated to 3 channels); AdamW 2e-5, poly schedule",
+                    backbone: None,
+                    build: build_segformer,
+                    optimizer: OptimizerSpec::AdamW {
+                        decoder_lr: 2e-5,
+                        encoder_lr: 2e-5,
+                        weight_decay: 0.05,
+                        betas: (0.9, 0.98),
+                    },
+                    schedule: NNUNET_POLY,
                     deep_supervision: false,
                 },
             ],

@@ -8,3 +8,4 @@
 pub mod layers;
 pub mod dino_unet;
 pub mod segformer;
+pub mod unet;

@@ -1,0 +1,69 @@
+//! The baselines' trainers end to end: two short epochs on the reference phantoms, the
+//! final validation, a strict reload of the final checkpoint by `meddino predict`.
+
+use meddino::backbone::candle::Device;
+use meddino::train::checkpoint::TrainingCheckpoint;
+use meddino::train::trainer::CHECKPOINT_FINAL;
+use meddino_testutil::reference_or_skip;
+
+use crate::train::{fold_folder, predict_args, preprocessed_phantom, train_args, write_random_backbone};
+use crate::util::Dir;
+
+/// Trains `trainer` for two epochs of two iterations (batch 2) with `extra` arguments, checks
+/// the run's outputs and predicts the first training image with the final checkpoint.
+fn trains_and_predicts(
+    reference: &meddino_testutil::ReferenceDir,
+    label: &str,
+    trainer: &str,
+    extra: &[String],
+) -> TrainingCheckpoint {
+    let dir = Dir::new(label);
+    let (name, configuration) = preprocessed_phantom(&dir, reference);
+    let mut args = train_args(&dir, &name, &configuration, "results");
+    // The baselines have no ViT to resize.
+    let backbone = args.iter().position(|a| a == "--backbone").expect("--backbone");
+    let _ = args.drain(backbone..backbone + 2);
+    args.extend(["-tr", trainer, "--epochs", "2", "--iters", "2", "--batch-size", "2"].map(String::from));
+    args.extend(extra.iter().cloned());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = dir.meddino(&argv);
+    let stderr = run.assert_code(0).stderr();
+    assert!(stderr.contains("Epoch 1") && stderr.contains("Pseudo dice"), "{stderr}");
+    assert!(
+        run.stdout().contains("classwise"),
+        "validation summary: {}",
+        run.stdout()
+    );
+
+    let fold = fold_folder(&dir.path().join("results"), &name, trainer, &configuration);
+    for file in [CHECKPOINT_FINAL, "validation/summary.json", "progress.png"] {
+        assert!(fold.join(file).is_file(), "{file} written");
+    }
+    let raw_images = reference.file(format!("nnunet/raw/{name}/imagesTr"));
+    let mut args = predict_args(&raw_images, "predicted", &name, &configuration, trainer);
+    args.push("--disable-tta".into());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stderr = dir.meddino(&argv).assert_code(0).stderr();
+    assert!(stderr.contains("predicted with 1 fold"), "{stderr}");
+    let predicted = std::fs::read_dir(dir.path().join("predicted"))
+        .expect("predictions")
+        .count();
+    let inputs = std::fs::read_dir(&raw_images).expect("imagesTr").count();
+    assert_eq!(predicted, inputs, "one label map per input");
+
+    let checkpoint = TrainingCheckpoint::load(&fold.join(CHECKPOINT_FINAL), &Device::Cpu).expect("final");
+    assert_eq!(checkpoint.meta.optimizer_steps, 4);
+    assert_eq!(checkpoint.meta.trainer_name, trainer);
+    checkpoint
+}
+
+#[test]
+fn segformer_trainer_trains_and_predicts_the_phantoms() {
+    let reference = reference_or_skip!();
+    let checkpoint = trains_and_predicts(&reference, "baseline-segformer", "segformerTrainer", &[]);
+    // Batch-norm running statistics moved with training and are kept.
+    let tracked = checkpoint.network["decoder.linear_fuse.bn.num_batches_tracked"]
+        .to_scalar::<f32>()
+        .expect("scalar");
+    assert_eq!(tracked, 4.0, "two epochs of two training steps");
+}
