@@ -5,6 +5,7 @@
 //! [`SegmentationNetwork`](crate::SegmentationNetwork) with PyTorch's state-dict names, so
 //! checkpoints of the Python trainers load.
 
+pub mod dino_unet;
 pub mod layers;
 pub mod segformer;
 pub mod unet;
