@@ -6,7 +6,7 @@ use meddino::train::checkpoint::TrainingCheckpoint;
 use meddino::train::trainer::CHECKPOINT_FINAL;
 use meddino_testutil::reference_or_skip;
 
-use crate::train::{fold_folder, predict_args, preprocessed_phantom, train_args};
+use crate::train::{fold_folder, predict_args, preprocessed_phantom, train_args, write_random_backbone};
 use crate::util::Dir;
 
 /// Trains `trainer` for two epochs of two iterations (batch 2) with `extra` arguments, checks
@@ -20,7 +20,7 @@ fn trains_and_predicts(
     let dir = Dir::new(label);
     let (name, configuration) = preprocessed_phantom(&dir, reference);
     let mut args = train_args(&dir, &name, &configuration, "results");
-    // The baselines have no ViT to resize.
+    // Only the Dino U-Net has a ViT to resize; it passes `--backbone` in `extra`.
     let backbone = args.iter().position(|a| a == "--backbone").expect("--backbone");
     let _ = args.drain(backbone..backbone + 2);
     args.extend(["-tr", trainer, "--epochs", "2", "--iters", "2", "--batch-size", "2"].map(String::from));
@@ -90,4 +90,38 @@ fn nnunet_trainer_trains_with_deep_supervision_and_predicts_the_phantoms() {
         .network
         .keys()
         .any(|k| k.contains("all_modules") || k.starts_with("decoder.encoder.")));
+}
+
+#[test]
+fn dino_unet_trainer_trains_the_adapter_around_a_frozen_vit_and_predicts_the_phantoms() {
+    let reference = reference_or_skip!();
+    let trainer = "dinoUNetTrainer";
+    let scratch = Dir::new("baseline-dino-unet-weights");
+    let weights = scratch.path().join("vit_micro_hub.safetensors");
+    write_random_backbone(trainer, "vit_micro", &weights);
+    let extra = [
+        "--backbone",
+        "vit_micro",
+        "--pretrained",
+        weights.to_str().expect("utf-8"),
+    ]
+    .map(String::from);
+    let checkpoint = trains_and_predicts(&reference, "baseline-dino-unet", trainer, &extra);
+    // The ViT is frozen: its weights in the final checkpoint are the pretrained ones.
+    let pretrained = meddino::backbone::StateDict::read(&weights).expect("weights");
+    let mut compared = 0;
+    for (name, tensor) in pretrained.tensors() {
+        let Some(trained) = checkpoint
+            .network
+            .get(&format!("encoder.dinov3_adapter.backbone.{name}"))
+        else {
+            continue;
+        };
+        let difference = (trained - tensor)
+            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+            .expect("compare");
+        assert_eq!(difference, 0.0, "{name} changed");
+        compared += 1;
+    }
+    assert!(compared > 10, "the ViT's weights are in the checkpoint ({compared})");
 }

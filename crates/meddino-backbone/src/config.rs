@@ -262,8 +262,9 @@ impl Config {
         }
     }
 
-    /// The settings every official DINOv3 hub model shares.
-    fn hub(embed_dim: usize, depth: usize, num_heads: usize, ffn_ratio: f64, ffn_layer: FfnLayer) -> Self {
+    /// This size with the settings every official DINOv3 hub model shares: RoPE coordinate
+    /// rescaling 2 in fp32, LayerScale 1e-5, LayerNorm eps 1e-5, 4 registers, masked k-bias.
+    pub fn with_hub_settings(self) -> Self {
         Self {
             pos_embed_rope_rescale_coords: Some(2.0),
             pos_embed_rope_dtype: RopeDtype::Fp32,
@@ -271,9 +272,16 @@ impl Config {
             norm_layer: NormLayer::LayerNormBf16,
             n_storage_tokens: 4,
             mask_k_bias: true,
+            ..self
+        }
+    }
+
+    fn hub(embed_dim: usize, depth: usize, num_heads: usize, ffn_ratio: f64, ffn_layer: FfnLayer) -> Self {
+        Self {
             ffn_layer,
             ..Self::sized(embed_dim, depth, num_heads, ffn_ratio)
         }
+        .with_hub_settings()
     }
 
     /// Hub `dinov3_vits16`.

@@ -219,7 +219,7 @@ fn mirrored_logits(network: &dyn SegmentationNetwork, input: &Tensor, mirroring:
     }
     let mut sum = plain;
     for dims in [&[2usize][..], &[3], &[2, 3]] {
-        let flipped = network.forward(&input.flip(dims)?)?.detach().flip(dims)?;
+        let flipped = network.forward(&input.flip(dims)?)?.detach().contiguous()?.flip(dims)?;
         sum = (sum + flipped)?;
     }
     Ok((sum / 4.0)?)

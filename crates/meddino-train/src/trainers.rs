@@ -5,6 +5,7 @@
 use candle_nn::VarBuilder;
 use meddino_backbone::checkpoint::ENCODER_PREFIX;
 use meddino_backbone::Config;
+use meddino_decoder::baselines::dino_unet::{DinoUNet, DinoUNetConfig, BACKBONE_PREFIX};
 use meddino_decoder::baselines::segformer::{SegFormer, SegFormerConfig};
 use meddino_decoder::baselines::unet::{PlainConvUNet, PlainConvUNetConfig};
 use meddino_decoder::{Primus, SegmentationNetwork};
@@ -219,6 +220,19 @@ fn build_plain_conv_unet(request: &NetworkRequest, vb: VarBuilder) -> Result<Box
     Ok(Box::new(PlainConvUNet::new(&cfg, vb).map_err(decoder_error)?))
 }
 
+/// `dinoUNetTrainer`'s Dino U-Net: the frozen ViT with the ViT-Adapter, FAPM and a U-Net
+/// decoder from the plans.
+fn build_dino_unet(request: &NetworkRequest, vb: VarBuilder) -> Result<Box<dyn SegmentationNetwork>> {
+    let backbone = request
+        .backbone
+        .clone()
+        .ok_or_else(|| Error::Setup("the Dino U-Net needs a backbone configuration".into()))?;
+    let kwargs = arch_kwargs(request, "PlainConvUNet")?;
+    let cfg = DinoUNetConfig::from_arch_kwargs(backbone, kwargs, request.input_channels, request.num_classes)
+        .map_err(decoder_error)?;
+    Ok(Box::new(DinoUNet::new(&cfg, vb).map_err(decoder_error)?))
+}
+
 /// `segformerTrainer`'s SegFormer MiT-B2, from scratch.
 fn build_segformer(request: &NetworkRequest, vb: VarBuilder) -> Result<Box<dyn SegmentationNetwork>> {
     let cfg = SegFormerConfig::mit_b2(request.num_classes);
@@ -386,6 +400,25 @@ impl TrainerRegistry {
                         encoder_lr: 2e-5,
                         weight_decay: 0.05,
                         betas: (0.9, 0.98),
+                    },
+                    schedule: NNUNET_POLY,
+                    deep_supervision: false,
+                },
+                TrainerSpec {
+                    name: "dinoUNetTrainer",
+                    summary: "Dino U-Net: frozen DINOv3 ViT-B/16 (hub weights, strict) + ViT-Adapter, FAPM and the \
+                              plans' U-Net decoder; SGD 1e-3 (Nesterov 0.99), poly schedule",
+                    backbone: Some(BackboneSpec {
+                        preset: "vit_base",
+                        construct: Config::with_hub_settings,
+                        weights: PretrainedWeights::Required { strict: true },
+                        prefix: BACKBONE_PREFIX,
+                    }),
+                    build: build_dino_unet,
+                    optimizer: OptimizerSpec::Sgd {
+                        lr: 1e-3,
+                        momentum: 0.99,
+                        weight_decay: 3e-5,
                     },
                     schedule: NNUNET_POLY,
                     deep_supervision: false,

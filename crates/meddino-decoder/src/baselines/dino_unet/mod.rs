@@ -442,7 +442,7 @@ impl SegmentationNetwork for DinoUNet {
         Ok(if (ph, pw) == (h, w) {
             logits
         } else {
-            logits.narrow(2, 0, h)?.narrow(3, 0, w)?
+            logits.narrow(2, 0, h)?.narrow(3, 0, w)?.contiguous()?
         })
     }
 
