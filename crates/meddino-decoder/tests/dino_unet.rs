@@ -8,6 +8,7 @@ use meddino_decoder::backbone::Config;
 use meddino_decoder::baselines::dino_unet::{AdapterConfig, DinoUNet, DinoUNetConfig, BACKBONE_PREFIX};
 use meddino_decoder::baselines::unet::ConvOps;
 use meddino_decoder::{Error, SegmentationNetwork};
+use meddino_testutil::gradient_norm_sq;
 
 fn tiny_config() -> DinoUNetConfig {
     DinoUNetConfig {
@@ -222,14 +223,9 @@ fn dino_unet_gradients_reach_the_adapter_but_not_the_vit() {
     let loss = cross_entropy(&logits, &labels(2, 64));
     let grads = loss.backward().expect("backward");
     let data = varmap.data().lock().expect("varmap");
-    let norm = |name: &str| -> Option<f32> {
+    let norm = |name: &str| -> Option<f64> {
         let var = data.get(name).unwrap_or_else(|| panic!("{name} missing"));
-        grads.get(var.as_tensor()).map(|g| {
-            g.sqr()
-                .and_then(|g| g.sum_all())
-                .and_then(|g| g.to_scalar())
-                .expect("norm")
-        })
+        gradient_norm_sq(&grads, var.as_tensor())
     };
     for (name, _) in data.iter().filter(|(n, _)| n.starts_with(BACKBONE_PREFIX)) {
         assert!(norm(name).is_none(), "the frozen ViT got a gradient for {name}");

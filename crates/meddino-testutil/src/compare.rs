@@ -158,6 +158,48 @@ pub fn assert_tensor_close<'b>(
     assert_close(label, &tensor_to_array(actual), expected, tolerance)
 }
 
+/// The squared L2 norm of `tensor`'s gradient in `grads`; `None` when it has none.
+///
+/// # Panics
+///
+/// When the gradient cannot be read back.
+#[cfg(feature = "candle")]
+pub fn gradient_norm_sq(grads: &candle_core::backprop::GradStore, tensor: &candle_core::Tensor) -> Option<f64> {
+    let grad = grads.get(tensor)?;
+    let norm = grad
+        .to_dtype(candle_core::DType::F64)
+        .and_then(|g| g.sqr()?.sum_all()?.to_scalar::<f64>())
+        .unwrap_or_else(|e| panic!("cannot read a gradient of shape {:?}: {e}", grad.dims()));
+    Some(norm)
+}
+
+/// Asserts that every variable of `vars` that `skip` does not exclude has a finite, non-zero
+/// gradient in `grads`, naming the first that has none; returns how many were checked.
+///
+/// # Panics
+///
+/// When a checked variable has no, a zero or a non-finite gradient.
+#[cfg(feature = "candle")]
+pub fn assert_gradients_reach<'a>(
+    vars: impl IntoIterator<Item = (&'a String, &'a candle_core::Var)>,
+    grads: &candle_core::backprop::GradStore,
+    skip: impl Fn(&str) -> bool,
+) -> usize {
+    let mut checked = 0;
+    for (name, var) in vars {
+        if skip(name) {
+            continue;
+        }
+        let norm = gradient_norm_sq(grads, var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+        assert!(
+            norm.is_finite() && norm > 0.0,
+            "gradient of {name}: squared norm {norm}"
+        );
+        checked += 1;
+    }
+    checked
+}
+
 #[cfg(test)]
 mod tests {
     use ndarray::{arr1, arr2, ArrayD};

@@ -22,7 +22,8 @@
 //! }
 //! ```
 //!
-//! Features: `candle` (off by default) adds `tensor_to_array` and `assert_tensor_close`.
+//! Features: `candle` (off by default) adds `tensor_to_array`, `assert_tensor_close` and the
+//! gradient checks `gradient_norm_sq` and `assert_gradients_reach`.
 //!
 //! Everything here panics with a message naming the file, key or shape on bad data: that is
 //! how a test fails loudly.
@@ -36,7 +37,7 @@ pub mod reference;
 
 pub use compare::{assert_close, compare, Comparison};
 #[cfg(feature = "candle")]
-pub use compare::{assert_tensor_close, tensor_to_array};
+pub use compare::{assert_gradients_reach, assert_tensor_close, gradient_norm_sq, tensor_to_array};
 pub use load::{json_f64, TensorFile};
 pub use ndarray;
 pub use reference::{
