@@ -22,6 +22,14 @@ pub enum WeightInit {
     },
     /// Glorot, `xavier_uniform_`: bound √(6 / (fan_in + fan_out)).
     XavierUniform,
+    /// `normal_(0, std)` (also `trunc_normal_(std)` with the default ±2 cut-off, which lies
+    /// far beyond the small standard deviations used).
+    Normal {
+        /// Standard deviation.
+        std: f64,
+    },
+    /// All zeros (`constant_(0)`).
+    Zeros,
     /// PyTorch's default for `nn.Conv2d`/`nn.Linear`/`nn.ConvTranspose2d`:
     /// `kaiming_uniform_(a=√5)`, i.e. bound 1/√fan_in, and the bias uniform in the same
     /// bound. The other initialisers zero the bias.
@@ -44,6 +52,8 @@ impl WeightInit {
                 let bound = 1.0 / (fan_in as f64).sqrt();
                 Init::Uniform { lo: -bound, up: bound }
             }
+            WeightInit::Normal { std } => Init::Randn { mean: 0.0, stdev: std },
+            WeightInit::Zeros => Init::Const(0.0),
         }
     }
 
@@ -51,7 +61,9 @@ impl WeightInit {
     pub fn bias_init(self, fan_in: usize) -> Init {
         match self {
             WeightInit::TorchDefault => self.init(fan_in, 0),
-            WeightInit::HeNormal { .. } | WeightInit::XavierUniform => Init::Const(0.0),
+            WeightInit::HeNormal { .. } | WeightInit::XavierUniform | WeightInit::Normal { .. } | WeightInit::Zeros => {
+                Init::Const(0.0)
+            }
         }
     }
 }
@@ -260,6 +272,14 @@ impl Module for PixelConvTranspose2d {
     }
 }
 
+/// A norm's affine parameters: `weight` (ones) and `bias` (zeros) of `channels`.
+fn affine(channels: usize, vb: &VarBuilder) -> Result<(Tensor, Tensor)> {
+    Ok((
+        vb.get_with_hints(channels, "weight", Init::Const(1.0))?,
+        vb.get_with_hints(channels, "bias", Init::Const(0.0))?,
+    ))
+}
+
 /// `nn.InstanceNorm2d(affine=True)`: each sample's channel normalised over H, W (biased
 /// variance), then scaled and shifted per channel. No running statistics (PyTorch's
 /// default), so training and evaluation agree.
@@ -277,11 +297,8 @@ impl InstanceNorm2d {
     ///
     /// When a tensor is missing or mis-shaped in `vb`.
     pub fn new(channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get_with_hints(channels, "weight", Init::Const(1.0))?,
-            bias: vb.get_with_hints(channels, "bias", Init::Const(0.0))?,
-            eps,
-        })
+        let (weight, bias) = affine(channels, &vb)?;
+        Ok(Self { weight, bias, eps })
     }
 }
 
@@ -342,9 +359,10 @@ impl BatchNorm2d {
                 Init::Const(value),
             )?)?)
         };
+        let (weight, bias) = affine(channels, &vb)?;
         Ok(Self {
-            weight: vb.get_with_hints(channels, "weight", Init::Const(1.0))?,
-            bias: vb.get_with_hints(channels, "bias", Init::Const(0.0))?,
+            weight,
+            bias,
             running_mean: buffer("running_mean", &[channels], 0.0)?,
             running_var: buffer("running_var", &[channels], 1.0)?,
             num_batches_tracked: buffer("num_batches_tracked", &[], 0.0)?,
@@ -419,11 +437,8 @@ impl LayerNorm {
     ///
     /// When a tensor is missing or mis-shaped in `vb`.
     pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
-            bias: vb.get_with_hints(dim, "bias", Init::Const(0.0))?,
-            eps,
-        })
+        let (weight, bias) = affine(dim, &vb)?;
+        Ok(Self { weight, bias, eps })
     }
 }
 

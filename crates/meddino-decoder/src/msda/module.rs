@@ -1,10 +1,11 @@
 //! `MSDeformAttn`: projections around the core op (DINOv3 ViT-Adapter's version, with the
 //! value width scaled by `ratio`).
 
-use candle_core::{Module, Tensor, D};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_core::{Module, Tensor, Var, D};
+use candle_nn::VarBuilder;
 
 use super::ms_deform_attn;
+use crate::baselines::layers::{Linear, WeightInit};
 use crate::error::{Error, Result};
 
 /// Multi-scale deformable attention with its projections.
@@ -20,25 +21,32 @@ pub struct MSDeformAttn {
     value_dim: usize,
 }
 
-fn xavier(fan_in: usize, fan_out: usize) -> Init {
-    let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
-    Init::Uniform { lo: -bound, up: bound }
-}
-
-fn linear(in_dim: usize, out_dim: usize, init: Init, vb: VarBuilder) -> Result<Linear> {
-    let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
-    Ok(Linear::new(
-        weight,
-        Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?),
-    ))
+/// The sampling-offset bias `_reset_parameters` starts from: head `h` points in direction
+/// θ_h = 2πh / heads, scaled so its larger component is 1, times `point + 1`; the same for
+/// every level. Layout `[heads, levels, points, 2]` flattened.
+fn sampling_offset_grid(heads: usize, levels: usize, points: usize) -> Vec<f32> {
+    let mut grid = Vec::with_capacity(heads * levels * points * 2);
+    for h in 0..heads {
+        let theta = (h as f64) * (2.0 * std::f64::consts::PI / heads as f64);
+        let (x, y) = (theta.cos(), theta.sin());
+        let scale = x.abs().max(y.abs());
+        for _ in 0..levels {
+            for p in 0..points {
+                let k = (p + 1) as f64;
+                grid.push((x / scale * k) as f32);
+                grid.push((y / scale * k) as f32);
+            }
+        }
+    }
+    grid
 }
 
 impl MSDeformAttn {
     /// `MSDeformAttn(d_model, n_levels, n_heads, n_points, ratio)`: value width
     /// `⌊d_model·ratio⌋`, split over the heads. Fresh weights follow the reference's
-    /// initialisation except the sampling-offset bias, which starts at zero here (the
-    /// reference seeds a per-head direction pattern; only relevant when training from
-    /// scratch).
+    /// `_reset_parameters`: offsets and attention weights zero, the offset bias the per-head
+    /// direction pattern (so a head's points start apart), value and output projections
+    /// Xavier-uniform with zero biases. Weights that already exist are read as they are.
     ///
     /// # Errors
     ///
@@ -60,11 +68,29 @@ impl MSDeformAttn {
             )));
         }
         let samples = n_heads * n_levels * n_points;
+        let offsets_vb = vb.pp("sampling_offsets");
+        let fresh_offsets = !offsets_vb.contains_tensor("bias");
+        let sampling_offsets = Linear::new(d_model, samples * 2, true, WeightInit::Zeros, offsets_vb.clone())?;
+        if fresh_offsets {
+            // Variables are created with a constant or random fill; the pattern is written
+            // after (a builder over a file hands out plain tensors, never fresh ones).
+            let bias = offsets_vb.get(samples * 2, "bias")?;
+            if bias.is_variable() {
+                let grid = Tensor::from_vec(
+                    sampling_offset_grid(n_heads, n_levels, n_points),
+                    samples * 2,
+                    bias.device(),
+                )?
+                .to_dtype(bias.dtype())?;
+                Var::from_tensor(&bias)?.set(&grid)?;
+            }
+        }
+        let xavier = WeightInit::XavierUniform;
         Ok(Self {
-            sampling_offsets: linear(d_model, samples * 2, Init::Const(0.0), vb.pp("sampling_offsets"))?,
-            attention_weights: linear(d_model, samples, Init::Const(0.0), vb.pp("attention_weights"))?,
-            value_proj: linear(d_model, value_dim, xavier(d_model, value_dim), vb.pp("value_proj"))?,
-            output_proj: linear(value_dim, d_model, xavier(value_dim, d_model), vb.pp("output_proj"))?,
+            sampling_offsets,
+            attention_weights: Linear::new(d_model, samples, true, WeightInit::Zeros, vb.pp("attention_weights"))?,
+            value_proj: Linear::new(d_model, value_dim, true, xavier, vb.pp("value_proj"))?,
+            output_proj: Linear::new(value_dim, d_model, true, xavier, vb.pp("output_proj"))?,
             n_levels,
             n_heads,
             n_points,
@@ -130,5 +156,24 @@ impl MSDeformAttn {
         };
         let out = ms_deform_attn(&value, spatial_shapes, level_start_index, &locations, &weights)?;
         Ok(self.output_proj.forward(&out)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_offset_grid_follows_the_reference_pattern() {
+        // 4 heads: θ = 0, π/2, π, 3π/2 → (1, 0), (0, 1), (−1, 0), (0, −1); points ×1, ×2.
+        let grid = sampling_offset_grid(4, 1, 2);
+        let expected = [1., 0., 2., 0., 0., 1., 0., 2., -1., 0., -2., 0., 0., -1., 0., -2.];
+        assert_eq!(grid.len(), expected.len());
+        for (g, e) in grid.iter().zip(expected) {
+            assert!((g - e).abs() < 1e-6, "{grid:?}");
+        }
+        // 8 heads: θ = π/4 → (cos, sin) / max = (1, 1).
+        let grid = sampling_offset_grid(8, 1, 1);
+        assert!((grid[2] - 1.0).abs() < 1e-6 && (grid[3] - 1.0).abs() < 1e-6, "{grid:?}");
     }
 }

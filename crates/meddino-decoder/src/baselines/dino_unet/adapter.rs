@@ -17,7 +17,7 @@
 //! - Depth-wise 3×3 convolutions are evaluated as nine shifted products (the same sums as a
 //!   grouped convolution, which candle would run as one convolution per channel).
 
-use candle_core::{Module, Tensor, Var};
+use candle_core::{Module, Tensor};
 use candle_nn::{Conv2d, Init, VarBuilder};
 use meddino_backbone::stochastic::StochasticRng;
 use meddino_backbone::{DinoVisionTransformer, IntermediateOptions, LayerSelection};
@@ -27,30 +27,20 @@ use crate::baselines::layers::{
     conv2d, drop_path, from_tokens, max_pool_3x3_stride2, resize_bilinear, to_tokens, BatchNorm2d, ConvSpec, LayerNorm,
     Linear, PixelConvTranspose2d, WeightInit,
 };
+use crate::baselines::unet::NNUNET_INIT;
 use crate::error::{Error, Result};
 use crate::msda::{level_start_index, MSDeformAttn};
 
 /// Every convolution of the Dino U-Net ends up He-initialised: the trainer applies
 /// `InitWeights_He(1e-2)` to the decoder, whose `encoder` attribute is the whole encoder.
-pub(crate) const CONV_INIT: WeightInit = WeightInit::HeNormal { a: 1e-2 };
+pub(crate) const CONV_INIT: WeightInit = NNUNET_INIT;
 /// `nn.SyncBatchNorm`'s default eps.
 const BATCH_NORM_EPS: f64 = 1e-5;
 /// The adapter's `partial(nn.LayerNorm, eps=1e-6)`.
 const LAYER_NORM_EPS: f64 = 1e-6;
 
-/// `nn.Linear` initialised as the adapter's `_init_weights` does (`trunc_normal_(std=0.02)`,
-/// zero bias; the truncation at ±2 is 100 standard deviations away, so a plain normal).
-/// [`WeightInit`] has no fixed-std normal, so the weight is requested with that initialiser
-/// first: a fresh variable starts from it and [`Linear::new`] reads it back (its own
-/// initialiser, chosen for its zero bias, then goes unused).
-fn linear_normal(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Linear> {
-    let _ = vb.get_with_hints(
-        (out_features, in_features),
-        "weight",
-        Init::Randn { mean: 0.0, stdev: 0.02 },
-    )?;
-    Linear::new(in_features, out_features, true, WeightInit::XavierUniform, vb)
-}
+/// The adapter's `_init_weights` for its linears: `trunc_normal_(std=0.02)`, zero bias.
+const ADAPTER_LINEAR_INIT: WeightInit = WeightInit::Normal { std: 0.02 };
 
 /// A depth-wise 3×3 convolution with padding 1 (`weight` `[C, 1, 3, 3]`, optional bias
 /// `[C]`) on `[B, C, H, W]`, as the sum of nine shifted, per-channel scaled copies.
@@ -216,9 +206,9 @@ struct ConvFFN {
 impl ConvFFN {
     fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            fc1: linear_normal(dim, hidden, vb.pp("fc1"))?,
+            fc1: Linear::new(dim, hidden, true, ADAPTER_LINEAR_INIT, vb.pp("fc1"))?,
             dwconv: DWConv::new(hidden, vb.pp("dwconv"))?,
-            fc2: linear_normal(hidden, dim, vb.pp("fc2"))?,
+            fc2: Linear::new(hidden, dim, true, ADAPTER_LINEAR_INIT, vb.pp("fc2"))?,
         })
     }
 
@@ -226,49 +216,6 @@ impl ConvFFN {
         let hidden = self.dwconv.forward(&self.fc1.forward(xs)?, grids)?.gelu_erf()?;
         Ok(self.fc2.forward(&hidden)?)
     }
-}
-
-/// The sampling-offset bias `MSDeformAttn._reset_parameters` starts from: head `h` points in
-/// direction θ_h = 2πh / heads, scaled so its larger component is 1, times `point + 1`; the
-/// same for every level. Layout `[heads, levels, points, 2]` flattened.
-fn sampling_offset_grid(heads: usize, levels: usize, points: usize) -> Vec<f32> {
-    let mut grid = Vec::with_capacity(heads * levels * points * 2);
-    for h in 0..heads {
-        let theta = (h as f32) * (2.0 * std::f32::consts::PI / heads as f32);
-        let (x, y) = (theta.cos(), theta.sin());
-        let scale = x.abs().max(y.abs());
-        for _ in 0..levels {
-            for p in 0..points {
-                let k = (p + 1) as f32;
-                grid.push(x / scale * k);
-                grid.push(y / scale * k);
-            }
-        }
-    }
-    grid
-}
-
-/// `MSDeformAttn` at `vb`, with the reference's direction pattern in the sampling-offset
-/// bias when that variable is created here (the module itself starts it at zero, which
-/// would leave every point of a head at the same location for good). A bias that already
-/// existed (a checkpoint, a variable built before) is left alone.
-fn deformable_attention(dim: usize, heads: usize, points: usize, ratio: f64, vb: VarBuilder) -> Result<MSDeformAttn> {
-    let bias_name = "sampling_offsets.bias";
-    let fresh = !vb.contains_tensor(bias_name);
-    let attn = MSDeformAttn::new(dim, 1, heads, points, ratio, vb.clone())?;
-    if fresh {
-        let bias = vb.get(heads * points * 2, bias_name)?;
-        if bias.is_variable() {
-            let grid = Tensor::from_vec(
-                sampling_offset_grid(heads, 1, points),
-                heads * points * 2,
-                bias.device(),
-            )?
-            .to_dtype(bias.dtype())?;
-            Var::from_tensor(&bias)?.set(&grid)?;
-        }
-    }
-    Ok(attn)
 }
 
 /// Where the queries sit and what they attend to, shared by every extractor of a forward
@@ -342,7 +289,14 @@ impl Extractor {
         Ok(Self {
             query_norm: LayerNorm::new(dim, LAYER_NORM_EPS, vb.pp("query_norm"))?,
             feat_norm: LayerNorm::new(dim, LAYER_NORM_EPS, vb.pp("feat_norm"))?,
-            attn: deformable_attention(dim, cfg.deform_num_heads, cfg.n_points, cfg.deform_ratio, vb.pp("attn"))?,
+            attn: MSDeformAttn::new(
+                dim,
+                1,
+                cfg.deform_num_heads,
+                cfg.n_points,
+                cfg.deform_ratio,
+                vb.pp("attn"),
+            )?,
             ffn,
             drop_path: cfg.drop_path_rate,
         })
@@ -549,19 +503,5 @@ mod tests {
             .and_then(|d| d.to_scalar())
             .expect("diff");
         assert!(diff < 1e-5, "max |Δ| {diff}");
-    }
-
-    #[test]
-    fn dino_unet_sampling_offset_grid_follows_the_reference_pattern() {
-        // 4 heads: θ = 0, π/2, π, 3π/2 → (1, 0), (0, 1), (−1, 0), (0, −1); points ×1, ×2.
-        let grid = sampling_offset_grid(4, 1, 2);
-        let expected = [1., 0., 2., 0., 0., 1., 0., 2., -1., 0., -2., 0., 0., -1., 0., -2.];
-        assert_eq!(grid.len(), expected.len());
-        for (g, e) in grid.iter().zip(expected) {
-            assert!((g - e).abs() < 1e-6, "{grid:?}");
-        }
-        // 8 heads: θ = π/4 → (cos, sin) / max = (1, 1).
-        let grid = sampling_offset_grid(8, 1, 1);
-        assert!((grid[2] - 1.0).abs() < 1e-6 && (grid[3] - 1.0).abs() < 1e-6, "{grid:?}");
     }
 }
