@@ -172,6 +172,43 @@ pub fn conv2d(spec: ConvSpec, init: WeightInit, vb: VarBuilder) -> Result<Conv2d
     ))
 }
 
+/// A depth-wise 3×3 convolution with padding 1 (`weight` `[C, 1, 3, 3]`, optional bias
+/// `[C]`) on `[B, C, H, W]`, as the sum of nine shifted, per-channel scaled copies: candle
+/// runs a grouped convolution as one convolution per group, far slower for many channels.
+///
+/// # Errors
+///
+/// When `conv` is not a depth-wise 3×3 convolution over the input's channels.
+pub fn depthwise_conv3x3(xs: &Tensor, conv: &Conv2d) -> Result<Tensor> {
+    let (_, c, h, w) = xs.dims4()?;
+    let weight = conv.weight();
+    if weight.dims() != [c, 1, 3, 3] {
+        return Err(Error::Input(format!(
+            "depth-wise 3×3 convolution with weight {:?} cannot take input {:?}",
+            weight.dims(),
+            xs.dims()
+        )));
+    }
+    let padded = xs.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
+    let mut out: Option<Tensor> = None;
+    for dy in 0..3 {
+        let rows = padded.narrow(2, dy, h)?;
+        for dx in 0..3 {
+            let tap = weight.narrow(2, dy, 1)?.narrow(3, dx, 1)?.reshape((1, c, 1, 1))?;
+            let term = rows.narrow(3, dx, w)?.broadcast_mul(&tap)?;
+            out = Some(match out {
+                None => term,
+                Some(sum) => (sum + term)?,
+            });
+        }
+    }
+    let out = out.ok_or_else(|| Error::Input("empty convolution window".into()))?;
+    Ok(match conv.bias() {
+        Some(bias) => out.broadcast_add(&bias.reshape((1, c, 1, 1))?)?,
+        None => out,
+    })
+}
+
 /// `nn.Linear` (`weight` `[out, in]`, `bias` `[out]`), applied to the last axis of any rank.
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -750,5 +787,30 @@ mod tests {
         let var: Vec<f32> = out.sqr().unwrap().mean(1).unwrap().to_vec1().unwrap();
         assert!(mean.iter().all(|m| m.abs() < 1e-4), "{mean:?}");
         assert!(var.iter().all(|v| (v - 1.0).abs() < 1e-3), "{var:?}");
+    }
+
+    #[test]
+    fn depthwise_conv_matches_a_grouped_convolution() {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let conv = conv2d(
+            ConvSpec::same(5, 5, 3).depthwise(),
+            WeightInit::HeNormal { a: 1e-2 },
+            vb.pp("dw"),
+        )
+        .expect("conv");
+        let bias = Tensor::randn(0f32, 1.0, 5, &Device::Cpu).expect("bias");
+        varmap.data().lock().expect("varmap")["dw.bias"]
+            .set(&bias)
+            .expect("set");
+        let xs = Tensor::randn(0f32, 1.0, (2, 5, 6, 7), &Device::Cpu).expect("xs");
+        let ours = depthwise_conv3x3(&xs, &conv).expect("ours");
+        let grouped = conv.forward(&xs).expect("grouped");
+        let diff: f32 = (ours - grouped)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.max_all())
+            .and_then(|d| d.to_scalar())
+            .expect("diff");
+        assert!(diff < 1e-5, "max |Δ| {diff}");
     }
 }

@@ -46,8 +46,8 @@ use meddino_backbone::stochastic::StochasticRng;
 use serde::{Deserialize, Serialize};
 
 use super::layers::{
-    conv2d, drop_path, dropout2d, from_tokens, is_batch_norm_buffer, resize_bilinear, to_three_channels, to_tokens,
-    BatchNorm2d, ConvSpec, LayerNorm, Linear, PixelConvTranspose2d, WeightInit,
+    conv2d, depthwise_conv3x3, drop_path, dropout2d, from_tokens, is_batch_norm_buffer, resize_bilinear,
+    to_three_channels, to_tokens, BatchNorm2d, ConvSpec, LayerNorm, Linear, PixelConvTranspose2d, WeightInit,
 };
 use crate::error::{Error, Result};
 use crate::network::SegmentationNetwork;
@@ -321,7 +321,7 @@ impl DWConv {
     }
 
     fn forward(&self, xs: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        to_tokens(&self.dwconv.forward(&from_tokens(xs, h, w)?)?)
+        to_tokens(&depthwise_conv3x3(&from_tokens(xs, h, w)?, &self.dwconv)?)
     }
 }
 

@@ -24,8 +24,8 @@ use meddino_backbone::{DinoVisionTransformer, IntermediateOptions, LayerSelectio
 
 use super::AdapterConfig;
 use crate::baselines::layers::{
-    conv2d, drop_path, from_tokens, max_pool_3x3_stride2, resize_bilinear, to_tokens, BatchNorm2d, ConvSpec, LayerNorm,
-    Linear, PixelConvTranspose2d, WeightInit,
+    conv2d, depthwise_conv3x3, drop_path, from_tokens, max_pool_3x3_stride2, resize_bilinear, to_tokens, BatchNorm2d,
+    ConvSpec, LayerNorm, Linear, PixelConvTranspose2d, WeightInit,
 };
 use crate::baselines::unet::NNUNET_INIT;
 use crate::error::{Error, Result};
@@ -41,38 +41,6 @@ const LAYER_NORM_EPS: f64 = 1e-6;
 
 /// The adapter's `_init_weights` for its linears: `trunc_normal_(std=0.02)`, zero bias.
 const ADAPTER_LINEAR_INIT: WeightInit = WeightInit::Normal { std: 0.02 };
-
-/// A depth-wise 3×3 convolution with padding 1 (`weight` `[C, 1, 3, 3]`, optional bias
-/// `[C]`) on `[B, C, H, W]`, as the sum of nine shifted, per-channel scaled copies.
-pub(crate) fn depthwise_conv3x3(xs: &Tensor, conv: &Conv2d) -> Result<Tensor> {
-    let (_, c, h, w) = xs.dims4()?;
-    let weight = conv.weight();
-    if weight.dims() != [c, 1, 3, 3] {
-        return Err(Error::Input(format!(
-            "depth-wise 3×3 convolution with weight {:?} cannot take input {:?}",
-            weight.dims(),
-            xs.dims()
-        )));
-    }
-    let padded = xs.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
-    let mut out: Option<Tensor> = None;
-    for dy in 0..3 {
-        let rows = padded.narrow(2, dy, h)?;
-        for dx in 0..3 {
-            let tap = weight.narrow(2, dy, 1)?.narrow(3, dx, 1)?.reshape((1, c, 1, 1))?;
-            let term = rows.narrow(3, dx, w)?.broadcast_mul(&tap)?;
-            out = Some(match out {
-                None => term,
-                Some(sum) => (sum + term)?,
-            });
-        }
-    }
-    let out = out.ok_or_else(|| Error::Input("empty convolution window".into()))?;
-    Ok(match conv.bias() {
-        Some(bias) => out.broadcast_add(&bias.reshape((1, c, 1, 1))?)?,
-        None => out,
-    })
-}
 
 /// Convolution → `SyncBatchNorm` → ReLU, as the spatial prior's `nn.Sequential` entries
 /// `i`, `i + 1`, `i + 2`.
@@ -484,24 +452,4 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
     use candle_nn::VarMap;
-
-    #[test]
-    fn dino_unet_depthwise_conv_matches_a_grouped_convolution() {
-        let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let conv = conv2d(ConvSpec::same(5, 5, 3).depthwise(), CONV_INIT, vb.pp("dw")).expect("conv");
-        let bias = Tensor::randn(0f32, 1.0, 5, &Device::Cpu).expect("bias");
-        varmap.data().lock().expect("varmap")["dw.bias"]
-            .set(&bias)
-            .expect("set");
-        let xs = Tensor::randn(0f32, 1.0, (2, 5, 6, 7), &Device::Cpu).expect("xs");
-        let ours = depthwise_conv3x3(&xs, &conv).expect("ours");
-        let grouped = conv.forward(&xs).expect("grouped");
-        let diff: f32 = (ours - grouped)
-            .and_then(|d| d.abs())
-            .and_then(|d| d.max_all())
-            .and_then(|d| d.to_scalar())
-            .expect("diff");
-        assert!(diff < 1e-5, "max |Δ| {diff}");
-    }
 }

@@ -10,7 +10,8 @@
 use candle_core::{Module, Tensor, D};
 use candle_nn::{Conv2d, VarBuilder};
 
-use super::adapter::{depthwise_conv3x3, CONV_INIT};
+use super::adapter::CONV_INIT;
+use crate::baselines::layers::depthwise_conv3x3;
 use crate::baselines::layers::{conv2d, resize_bilinear, BatchNorm2d, ConvSpec, InstanceNorm2d, PixelConvTranspose2d};
 use crate::baselines::unet::{ConvOps, Nonlin, NormOp};
 use crate::error::{Error, Result};
