@@ -446,10 +446,3 @@ impl DINOv3Adapter {
             .map_err(|_| Error::Input("the adapter produces four levels".into()))
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{DType, Device};
-    use candle_nn::VarMap;
-}
