@@ -3,10 +3,11 @@
 //! names PyTorch gives some tensors (`state_dict_aliases`). Configurations, channel and class
 //! counts come from the reference files, never from this file.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use meddino_decoder::backbone::StateDict;
 use meddino_decoder::baselines::segformer::{SegFormer, SegFormerConfig};
 use meddino_decoder::baselines::unet::{PlainConvUNet, PlainConvUNetConfig};
 use meddino_decoder::SegmentationNetwork;
@@ -153,4 +154,59 @@ fn plain_conv_unet_state_dict_matches_reference() {
         .collect();
     let shapes: Vec<Vec<usize>> = outputs.iter().map(|o| o.dims().to_vec()).collect();
     assert_eq!(shapes, expected_shapes);
+}
+
+#[test]
+fn plain_conv_unet_state_dict_with_pytorch_aliases_loads_strictly() {
+    let reference = reference_or_skip!();
+    let (plans, channels, classes) = phantom_plans(&reference);
+    let arch_kwargs = &plans["configurations"]["2d"]["architecture"]["arch_kwargs"];
+    let cfg = PlainConvUNetConfig::from_arch_kwargs(arch_kwargs, channels, classes).expect("config");
+    let varmap = VarMap::new();
+    let network =
+        PlainConvUNet::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).expect("network");
+    // What nnU-Net's `checkpoint_final.pth` holds: every tensor under each of its names.
+    let mut tensors: HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .expect("varmap")
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+        .collect();
+    for (alias, name) in network.state_dict_aliases() {
+        let tensor = tensors[&name].clone();
+        let _ = tensors.insert(alias, tensor);
+    }
+    let load = |tensors: &HashMap<String, Tensor>| {
+        StateDict::from_tensors("checkpoint_final.pth", tensors.clone()).load_strict_aliased(
+            "nnUNetTrainer",
+            DType::F32,
+            &Device::Cpu,
+            |vb| PlainConvUNet::new(&cfg, vb),
+            |net| net.state_dict_aliases(),
+        )
+    };
+    let loaded = load(&tensors).expect("a PyTorch state dict with its aliases loads");
+    let xs = Tensor::randn(0f32, 1.0, (1, channels, 32, 32), &Device::Cpu).expect("input");
+    let difference = (loaded.forward(&xs).expect("loaded") - network.forward(&xs).expect("built"))
+        .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+        .expect("compare");
+    assert_eq!(difference, 0.0, "the loaded network is the saved one");
+
+    // A mis-shaped alias and a name the network does not have are both reported.
+    let mut broken = tensors.clone();
+    let _ = broken.insert(
+        "decoder.encoder.stages.0.0.convs.0.all_modules.1.weight".into(),
+        Tensor::zeros(3, DType::F32, &Device::Cpu).expect("zeros"),
+    );
+    let _ = broken.insert(
+        "decoder.extra.weight".into(),
+        Tensor::zeros(1, DType::F32, &Device::Cpu).expect("zeros"),
+    );
+    let message = load(&broken).expect_err("refused").to_string();
+    assert!(
+        message.contains("decoder.encoder.stages.0.0.convs.0.all_modules.1.weight is [3]")
+            && message.contains("unexpected: decoder.extra.weight"),
+        "{message}"
+    );
 }
