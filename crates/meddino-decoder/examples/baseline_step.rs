@@ -25,7 +25,20 @@ fn plain_conv_unet_kwargs() -> serde_json::Value {
     })
 }
 
-fn time_steps(label: &str, network: &dyn SegmentationNetwork, steps: usize) -> Result<(), Box<dyn std::error::Error>> {
+/// Trained parameters of the network whose variables are in `varmap`.
+fn trained_parameters(varmap: &VarMap, network: &dyn SegmentationNetwork) -> usize {
+    let data = varmap.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    data.iter()
+        .filter(|(name, _)| network.is_trainable(name))
+        .map(|(_, var)| var.elem_count())
+        .sum()
+}
+
+fn time_steps(
+    label: &str,
+    (varmap, network): (&VarMap, &dyn SegmentationNetwork),
+    steps: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
     let xs = Tensor::randn(0f32, 1.0, (2, 1, 80, 80), &Device::Cpu)?;
     let step = || -> Result<(), Box<dyn std::error::Error>> {
         let loss = network.forward_t(&xs, true)?.sqr()?.mean_all()?;
@@ -38,7 +51,8 @@ fn time_steps(label: &str, network: &dyn SegmentationNetwork, steps: usize) -> R
         step()?;
     }
     println!(
-        "{label:<16} {:>8.3} s/step",
+        "{label:<16} {:>12} {:>10.3}",
+        trained_parameters(varmap, network),
         started.elapsed().as_secs_f64() / steps as f64
     );
     Ok(())
@@ -46,25 +60,26 @@ fn time_steps(label: &str, network: &dyn SegmentationNetwork, steps: usize) -> R
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = Device::Cpu;
+    println!("{:<16} {:>12} {:>10}", "network", "trained", "s/step");
     let kwargs = plain_conv_unet_kwargs();
     let varmap = VarMap::new();
     let unet = PlainConvUNet::new(
         &PlainConvUNetConfig::from_arch_kwargs(&kwargs, 1, 4)?,
         VarBuilder::from_varmap(&varmap, DType::F32, &device),
     )?;
-    time_steps("PlainConvUNet", &unet, 3)?;
+    time_steps("PlainConvUNet", (&varmap, &unet), 3)?;
     let varmap = VarMap::new();
     let segformer = SegFormer::new(
         &SegFormerConfig::mit_b2(4),
         1,
         VarBuilder::from_varmap(&varmap, DType::F32, &device),
     )?;
-    time_steps("SegFormer-B2", &segformer, 3)?;
+    time_steps("SegFormer-B2", (&varmap, &segformer), 3)?;
     let varmap = VarMap::new();
     let dino_unet = DinoUNet::new(
         &DinoUNetConfig::from_arch_kwargs(Config::vit_micro().with_hub_settings(), &kwargs, 1, 4)?,
         VarBuilder::from_varmap(&varmap, DType::F32, &device),
     )?;
-    time_steps("DinoUNet/micro", &dino_unet, 3)?;
+    time_steps("DinoUNet/micro", (&varmap, &dino_unet), 3)?;
     Ok(())
 }
