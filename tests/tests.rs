@@ -20,3 +20,6 @@ mod train;
 
 // The baselines' trainers (nnU-Net, SegFormer, Dino U-Net): short runs, then prediction.
 mod baselines;
+
+// The catalogue of malformed inputs: exit status 1, the culprit named, nothing written.
+mod malformed;

@@ -156,6 +156,23 @@ pub(crate) fn find_dataset(base: &Path, wanted: &str) -> anyhow::Result<PathBuf>
     }
 }
 
+/// The error and its causes, one `: `-joined line, leaving out a cause whose text the line
+/// already holds: our errors quote their source in their own message (so a library user
+/// sees it too), which `{:#}` would print a second time.
+pub fn describe_error(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
 /// nnU-Net's multi-letter single-dash flags (`-tr`), which clap's short options (one letter)
 /// cannot express, rewritten to their long form.
 pub fn nnunet_style_flag(arg: std::ffi::OsString) -> std::ffi::OsString {

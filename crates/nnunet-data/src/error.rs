@@ -84,6 +84,14 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A raw case that cannot be used as it is.
+    #[error("{}: {}", path.display(), problems.join("; "))]
+    InvalidCase {
+        /// The raw data set's folder.
+        path: PathBuf,
+        /// Every problem found, each starting with the case id.
+        problems: Vec<String>,
+    },
     /// Plans that cannot be used (missing or circular configurations).
     #[error("plans: {0}")]
     Plan(String),

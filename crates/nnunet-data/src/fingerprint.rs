@@ -115,10 +115,19 @@ impl Fingerprint {
     /// Extracts the fingerprint of a raw data set, cases in parallel on the current rayon
     /// pool (each holds about 4·⌊1e8 / cases⌋ bytes of samples per channel).
     ///
+    /// Every case is checked on the way ([`RawDataset::case_problems`]): a data set that would
+    /// preprocess into garbage (NaN voxels, labels off their image or undeclared) is refused
+    /// here, with or without `--verify`.
+    ///
     /// # Errors
     ///
-    /// When a case's images or label cannot be read, or do not fit together.
+    /// When dataset.json's labels are not consecutive, or a case's images or label cannot be
+    /// read or do not fit together ([`crate::Error::InvalidCase`] lists its problems).
     pub fn extract(dataset: &RawDataset) -> Result<Self> {
+        let declarations = dataset.declaration_problems();
+        if !declarations.is_empty() {
+            return Err(crate::Error::Plan(declarations.join("; ")));
+        }
         let n_cases = dataset.cases.len().max(1);
         let draws = (1e8 as usize) / n_cases;
         let cases = dataset
@@ -127,15 +136,11 @@ impl Fingerprint {
             .map(|case| {
                 let images = read_images(&case.images)?;
                 let label = read_images(std::slice::from_ref(&case.label))?;
-                if label.data.shape()[1..] != images.data.shape()[1..] {
-                    return Err(crate::Error::ChannelMismatch {
-                        first: case.images[0].clone(),
-                        other: case.label.clone(),
-                        detail: format!(
-                            "image shape {:?} vs label shape {:?}",
-                            &images.data.shape()[1..],
-                            &label.data.shape()[1..]
-                        ),
+                let problems = dataset.case_problems(case, &images, &label);
+                if !problems.is_empty() {
+                    return Err(crate::Error::InvalidCase {
+                        path: dataset.folder.clone(),
+                        problems,
                     });
                 }
                 Ok(case_fingerprint(&images.data, &label.data, images.spacing, draws))

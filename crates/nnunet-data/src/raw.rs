@@ -160,14 +160,12 @@ impl RawDataset {
     /// nnU-Net's `verify_dataset_integrity`: every problem found, one line each (empty when
     /// the data set is sound). Reads every image and label.
     ///
-    /// Checks: `numTraining` equals the cases found; each case has its label file and one
-    /// image per channel of `channel_names`; channels and label agree in shape and spacing;
-    /// label values are declared in dataset.json; declared labels are consecutive from 0; no
-    /// image holds NaN or infinity.
+    /// Checks: `numTraining` equals the cases found; each case has its label file; the
+    /// declarations and each case pass
+    /// [`Self::declaration_problems`] and [`Self::case_problems`].
     pub fn verify(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        let json = &self.dataset_json;
-        if let Some(n) = json.num_training {
+        if let Some(n) = self.dataset_json.num_training {
             if n as usize != self.cases.len() {
                 problems.push(format!(
                     "dataset.json: numTraining is {n} but {} cases were found",
@@ -175,7 +173,26 @@ impl RawDataset {
                 ));
             }
         }
-        let mut declared: Vec<u32> = json
+        problems.extend(self.declaration_problems());
+        for case in &self.cases {
+            if !case.label.is_file() {
+                problems.push(format!("{}: missing label {}", case.id, case.label.display()));
+                continue;
+            }
+            let read = crate::io::read_images(&case.images)
+                .and_then(|images| Ok((images, crate::io::read_images(std::slice::from_ref(&case.label))?)));
+            match read {
+                Ok((images, label)) => problems.extend(self.case_problems(case, &images, &label)),
+                Err(e) => problems.push(format!("{}: {e}", case.id)),
+            }
+        }
+        problems
+    }
+
+    /// The plain label values dataset.json declares, sorted (regions excluded).
+    fn declared_labels(&self) -> Vec<u32> {
+        let mut declared: Vec<u32> = self
+            .dataset_json
             .labels
             .iter()
             .filter_map(|e| match &e.value {
@@ -184,68 +201,80 @@ impl RawDataset {
             })
             .collect();
         declared.sort_unstable();
+        declared
+    }
+
+    /// Problems of the data set as a whole: dataset.json's labels must be consecutive from 0,
+    /// and every label file in `labelsTr` must belong to a case with images.
+    pub fn declaration_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let declared = self.declared_labels();
         if declared.iter().enumerate().any(|(i, &v)| v != i as u32) {
             problems.push(format!(
                 "dataset.json: labels must be consecutive from 0, got {declared:?}"
             ));
         }
-        let channels = json.channel_names.len();
-        for case in &self.cases {
-            if case.images.len() != channels {
-                problems.push(format!(
-                    "{}: {} image file(s) for {channels} channel(s)",
-                    case.id,
-                    case.images.len()
-                ));
-            }
-            if !case.label.is_file() {
-                problems.push(format!("{}: missing label {}", case.id, case.label.display()));
-                continue;
-            }
-            let images = match crate::io::read_images(&case.images) {
-                Ok(images) => images,
-                Err(e) => {
-                    problems.push(format!("{}: {e}", case.id));
-                    continue;
-                }
-            };
-            if images.data.iter().any(|v| !v.is_finite()) {
-                problems.push(format!("{}: image holds NaN or infinite values", case.id));
-            }
-            match crate::io::read_images(std::slice::from_ref(&case.label)) {
-                Err(e) => problems.push(format!("{}: {e}", case.id)),
-                Ok(label) => {
-                    if label.data.shape()[1..] != images.data.shape()[1..]
-                        || label
-                            .spacing
-                            .iter()
-                            .zip(&images.spacing)
-                            .any(|(a, b)| (a - b).abs() > 1e-5 * b.abs())
-                    {
-                        problems.push(format!(
-                            "{}: label shape {:?} spacing {:?} differs from the image's {:?} {:?}",
-                            case.id,
-                            &label.data.shape()[1..],
-                            label.spacing,
-                            &images.data.shape()[1..],
-                            images.spacing
-                        ));
-                    }
-                    let mut found: Vec<i64> = label.data.iter().map(|&v| v as i64).collect();
-                    found.sort_unstable();
-                    found.dedup();
-                    let undeclared: Vec<i64> = found
-                        .into_iter()
-                        .filter(|&v| v < 0 || !declared.contains(&(v as u32)))
-                        .collect();
-                    if !undeclared.is_empty() {
-                        problems.push(format!(
-                            "{}: label values {undeclared:?} are not declared in dataset.json",
-                            case.id
-                        ));
-                    }
-                }
-            }
+        let ending = self.dataset_json.file_ending.as_deref().unwrap_or(".nii.gz");
+        let mut orphans: Vec<String> = std::fs::read_dir(self.folder.join("labelsTr"))
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .filter(|name| {
+                name.strip_suffix(ending)
+                    .is_some_and(|id| !self.cases.iter().any(|case| case.id == id))
+            })
+            .map(|name| format!("labelsTr/{name}: no image of this case in imagesTr"))
+            .collect();
+        orphans.sort();
+        problems.extend(orphans);
+        problems
+    }
+
+    /// Problems of one case as read: the image has one channel per `channel_names` entry, no
+    /// NaN or infinity; the label has the image's shape and spacing and only values that
+    /// dataset.json declares. Each line starts with the case id.
+    pub fn case_problems(&self, case: &RawCase, images: &crate::io::Volume, label: &crate::io::Volume) -> Vec<String> {
+        let mut problems = Vec::new();
+        let channels = self.dataset_json.channel_names.len();
+        if images.data.dim().0 != channels {
+            problems.push(format!(
+                "{}: {} image channel(s), dataset.json declares {channels}",
+                case.id,
+                images.data.dim().0
+            ));
+        }
+        if images.data.iter().any(|v| !v.is_finite()) {
+            problems.push(format!("{}: image holds NaN or infinite values", case.id));
+        }
+        if label.data.shape()[1..] != images.data.shape()[1..]
+            || label
+                .spacing
+                .iter()
+                .zip(&images.spacing)
+                .any(|(a, b)| (a - b).abs() > 1e-5 * b.abs())
+        {
+            problems.push(format!(
+                "{}: label shape {:?} spacing {:?} differs from the image's {:?} {:?}",
+                case.id,
+                &label.data.shape()[1..],
+                label.spacing,
+                &images.data.shape()[1..],
+                images.spacing
+            ));
+        }
+        let declared = self.declared_labels();
+        let mut found: Vec<i64> = label.data.iter().map(|&v| v as i64).collect();
+        found.sort_unstable();
+        found.dedup();
+        let undeclared: Vec<i64> = found
+            .into_iter()
+            .filter(|&v| v < 0 || !declared.contains(&(v as u32)))
+            .collect();
+        if !undeclared.is_empty() {
+            problems.push(format!(
+                "{}: label values {undeclared:?} are not declared in dataset.json",
+                case.id
+            ));
         }
         problems
     }

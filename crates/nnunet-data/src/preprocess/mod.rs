@@ -190,6 +190,12 @@ pub fn preprocess_case(images: &Volume, label: Option<&Volume>, plan: &Preproces
     let shape_after = [cropped.data.dim().1, cropped.data.dim().2, cropped.data.dim().3];
     let target = plan.target_spacing(spacing)?;
     let shape = new_shape(shape_after, spacing, target);
+    if shape.contains(&0) {
+        return Err(Error::Plan(format!(
+            "cropped to its nonzero region ({shape_after:?} voxels at {spacing:?} mm) and resampled to {target:?} mm, \
+             the image has no voxels left ({shape:?})"
+        )));
+    }
     let seg0 = cropped.seg.index_axis(Axis(0), 0).to_owned();
     for (c, mut channel) in cropped.data.outer_iter_mut().enumerate() {
         plan.normalization[c].apply(
