@@ -483,6 +483,25 @@ fn training_inputs_that_do_not_fit_are_refused_naming_them() {
         None => std::fs::remove_file(&splits).expect("remove"),
     }
 
+    // Malformed plans: not JSON, no `configurations`, a configuration without a patch size.
+    let plans_path = preprocessed.join("nnUNetPlans.json");
+    let plans = std::fs::read_to_string(&plans_path).expect("plans");
+    let mut without_patch: serde_json::Value = serde_json::from_str(&plans).expect("json");
+    let _ = without_patch["configurations"][&configuration]
+        .as_object_mut()
+        .expect("configuration")
+        .remove("patch_size");
+    for (contents, expected) in [
+        ("{\"configurations\": ".to_string(), "nnUNetPlans.json"),
+        ("{\"plans_name\": \"nnUNetPlans\"}".to_string(), "configurations"),
+        (without_patch.to_string(), "patch_size"),
+    ] {
+        std::fs::write(&plans_path, &contents).expect("write plans");
+        let stderr = run(&[]).assert_code(1).stderr();
+        assert!(stderr.contains(expected), "{expected:?} in {stderr}");
+    }
+    std::fs::write(&plans_path, &plans).expect("restore plans");
+
     // A run, then --continue with another backbone size: the checkpoint does not fit.
     let _ = run(&[]).assert_code(0);
     let fold = fold_folder(&dir.path().join("results"), &name, trainer, &configuration);
@@ -536,4 +555,50 @@ fn training_inputs_that_do_not_fit_are_refused_naming_them() {
         !dir.path().join("out").read_dir().is_ok_and(|mut d| d.next().is_some()),
         "nothing written"
     );
+    std::fs::write(fold.join(CHECKPOINT_FINAL), &pristine).expect("restore");
+
+    // A checkpoint of another network in a trainer's folder.
+    let results = dir.path().join("results").join(&name);
+    let ours = results.join(format!("{trainer}__nnUNetPlans__{configuration}"));
+    let other = results.join(format!("nnUNetTrainer__nnUNetPlans__{configuration}"));
+    std::fs::create_dir_all(other.join("fold_0")).expect("mkdir");
+    for file in ["plans.json", "dataset.json"] {
+        std::fs::copy(ours.join(file), other.join(file)).expect("copy");
+    }
+    std::fs::copy(fold.join(CHECKPOINT_FINAL), other.join("fold_0").join(CHECKPOINT_FINAL)).expect("copy");
+    let args = predict_args(&raw_images, "out", &name, &configuration, "nnUNetTrainer");
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stderr = dir.meddino(&argv).assert_code(1).stderr();
+    assert!(
+        stderr.contains(&format!("was written by {trainer}, not nnUNetTrainer")),
+        "{stderr}"
+    );
+
+    // An output folder that cannot be created: its parent is a regular file.
+    std::fs::write(dir.path().join("blocker"), "a file").expect("file");
+    let args = predict_args(&raw_images, "blocker/out", &name, &configuration, trainer);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stderr = dir.meddino(&argv).assert_code(1).stderr();
+    assert!(stderr.contains("blocker/out"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("blocker")).expect("file"),
+        "a file"
+    );
+
+    // An image with NaN voxels is refused, naming its case; nothing is written for it.
+    let nan = dir.path().join("nan-input");
+    std::fs::create_dir_all(&nan).expect("mkdir");
+    let mut data = meddino::data::ndarray::Array3::<f32>::zeros((40, 40, 3));
+    data[[5, 6, 1]] = f32::NAN;
+    nifti::writer::WriterOptions::new(nan.join("poisoned_0000.nii.gz"))
+        .write_nifti(&data)
+        .expect("nifti");
+    let args = predict_args(&nan, "nan-out", &name, &configuration, trainer);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stderr = dir.meddino(&argv).assert_code(1).stderr();
+    assert!(
+        stderr.contains("case poisoned") && stderr.contains("1 NaN or infinite voxel"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("nan-out/poisoned.nii.gz").exists());
 }

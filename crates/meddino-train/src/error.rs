@@ -68,6 +68,9 @@ pub enum Error {
     /// A training setup that cannot run (unknown trainer, missing weights, bad options).
     #[error("{0}")]
     Setup(String),
+    /// An input volume that cannot be predicted.
+    #[error("{0}")]
+    Input(String),
     /// A file of the training output could not be written.
     #[error("{}: {source}", path.display())]
     Write {

@@ -50,6 +50,13 @@ impl TrainedModel {
             return Self::load_pth(path, registry, trainer_folder, (trainer, configuration), device);
         }
         let checkpoint = TrainingCheckpoint::load(path, &Device::Cpu)?;
+        if checkpoint.meta.trainer_name != trainer {
+            return Err(Error::Checkpoint(format!(
+                "{} was written by {}, not {trainer} (a checkpoint of another network in this trainer's folder?)",
+                path.display(),
+                checkpoint.meta.trainer_name
+            )));
+        }
         let init = &checkpoint.meta.init;
         let fail = |what: &str| Error::Checkpoint(format!("{}: the bookkeeping lacks {what}", path.display()));
         let spec = registry.get(&checkpoint.meta.trainer_name)?;

@@ -317,7 +317,8 @@ pub fn logits_to_labels(
 ///
 /// # Errors
 ///
-/// When the volume does not fit the plans (channels) or prediction fails.
+/// When the volume does not fit the plans (channels), holds NaN or infinite values, or
+/// prediction fails.
 pub fn predict_volume(
     networks: &[&dyn SegmentationNetwork],
     volume: &Volume,
@@ -327,6 +328,12 @@ pub fn predict_volume(
     with_probabilities: bool,
     device: &Device,
 ) -> Result<Prediction> {
+    let bad = volume.data.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        return Err(Error::Input(format!(
+            "the image holds {bad} NaN or infinite voxel(s); predicting it would give arbitrary labels"
+        )));
+    }
     let preprocessed = preprocess_case(volume, None, plan)?;
     let logits = sliding_window_logits(networks, preprocessed.data.view(), patch, options, device)?;
     logits_to_labels(&logits, &preprocessed.properties, plan, with_probabilities)
