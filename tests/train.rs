@@ -352,27 +352,80 @@ fn a_killed_training_continues_to_the_same_result() {
     let stderr = dir.meddino(&argv).assert_code(0).stderr();
     assert!(stderr.contains("continuing from"), "{stderr}");
 
+    // Killed while the second epoch's checkpoint_latest is being written: the temporary file
+    // is complete but not yet renamed (each write is held 2 s). The previous checkpoint is
+    // intact, and --continue removes the leftover and redoes the epoch.
+    let args = run("killed-writing");
+    let fold = fold_folder(&dir.path().join("killed-writing"), &name, trainer, &configuration);
+    let latest = fold.join(CHECKPOINT_LATEST);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meddino"))
+        .args(&args)
+        .env("MEDDINO_CHECKPOINT_HOLD_MS", "2000")
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start training");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let temporary = loop {
+        assert!(Instant::now() < deadline, "no second checkpoint write within 5 minutes");
+        assert!(
+            child.try_wait().expect("poll").is_none(),
+            "training ended before it was killed"
+        );
+        let writing = std::fs::read_dir(&fold).ok().and_then(|entries| {
+            entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+                p.to_string_lossy().contains(".checkpoint_latest.safetensors.")
+                    && p.extension().is_some_and(|x| x == "tmp")
+            })
+        });
+        if let Some(path) = writing.filter(|_| latest.is_file()) {
+            break path;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    assert!(temporary.exists(), "killed before the rename");
+    let intact = TrainingCheckpoint::load(&latest, &Device::Cpu).expect("the previous checkpoint is whole");
+    assert_eq!(intact.meta.current_epoch, 1, "the first epoch's checkpoint");
+    let mut resumed = args.clone();
+    resumed.push("--continue".into());
+    let argv: Vec<&str> = resumed.iter().map(String::as_str).collect();
+    let stderr = dir.meddino(&argv).assert_code(0).stderr();
+    assert!(
+        stderr.contains("removed 1 temporary file(s)") && stderr.contains("continuing from"),
+        "{stderr}"
+    );
+    assert!(!temporary.exists(), "the leftover is gone");
+
     let load = |results: &str| {
         let fold = fold_folder(&dir.path().join(results), &name, trainer, &configuration);
         TrainingCheckpoint::load(&fold.join(CHECKPOINT_FINAL), &Device::Cpu).expect("final checkpoint")
     };
-    let (straight, killed) = (load("straight"), load("killed"));
+    let straight = load("straight");
     assert_eq!(straight.meta.current_epoch, 3);
-    assert_eq!(killed.meta.optimizer_steps, straight.meta.optimizer_steps);
-    assert_eq!(killed.meta.best_ema_pseudo_dice, straight.meta.best_ema_pseudo_dice);
-    assert_eq!(
-        killed.meta.logs["train_losses"], straight.meta.logs["train_losses"],
-        "the same losses, epoch by epoch"
-    );
-    for (label, ours, theirs) in [
-        ("network", &killed.network, &straight.network),
-        ("optimizer", &killed.optimizer, &straight.optimizer),
-    ] {
-        assert_eq!(ours.len(), theirs.len(), "{label} tensors");
-        for (key, tensor) in theirs {
-            let a: Vec<f32> = tensor.flatten_all().and_then(|t| t.to_vec1()).expect("values");
-            let b: Vec<f32> = ours[key].flatten_all().and_then(|t| t.to_vec1()).expect("values");
-            assert!(a == b, "{label} {key} differs after resuming");
+    for run in ["killed", "killed-writing"] {
+        let resumed = load(run);
+        assert_eq!(resumed.meta.optimizer_steps, straight.meta.optimizer_steps, "{run}");
+        assert_eq!(
+            resumed.meta.best_ema_pseudo_dice, straight.meta.best_ema_pseudo_dice,
+            "{run}"
+        );
+        assert_eq!(
+            resumed.meta.logs["train_losses"], straight.meta.logs["train_losses"],
+            "{run}: the same losses, epoch by epoch"
+        );
+        for (label, ours, theirs) in [
+            ("network", &resumed.network, &straight.network),
+            ("optimizer", &resumed.optimizer, &straight.optimizer),
+        ] {
+            assert_eq!(ours.len(), theirs.len(), "{run}: {label} tensors");
+            for (key, tensor) in theirs {
+                let a: Vec<f32> = tensor.flatten_all().and_then(|t| t.to_vec1()).expect("values");
+                let b: Vec<f32> = ours[key].flatten_all().and_then(|t| t.to_vec1()).expect("values");
+                assert!(a == b, "{run}: {label} {key} differs after resuming");
+            }
         }
     }
 }

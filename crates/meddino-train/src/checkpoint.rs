@@ -72,10 +72,20 @@ impl TrainingCheckpoint {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let temporary: PathBuf = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        // Streamed to the temporary file (no second copy in memory), synced so the rename
+        // never publishes data still in the page cache, then renamed over `path`.
         let written =
             safetensors::serialize_to_file(tensors, Some(HashMap::from([(META_KEY.to_string(), meta)])), &temporary)
                 .map_err(|e| fail(e.to_string()))
-                .and_then(|()| std::fs::rename(&temporary, path).map_err(|e| fail(e.to_string())));
+                .and_then(|()| {
+                    std::fs::File::open(&temporary)
+                        .and_then(|file| file.sync_all())
+                        .map_err(|e| fail(format!("cannot sync {}: {e}", temporary.display())))
+                })
+                .and_then(|()| {
+                    hold_before_rename();
+                    std::fs::rename(&temporary, path).map_err(|e| fail(e.to_string()))
+                });
         if written.is_err() {
             let _ = std::fs::remove_file(&temporary);
         }
@@ -114,6 +124,18 @@ impl TrainingCheckpoint {
             optimizer,
             meta,
         })
+    }
+}
+
+/// Crash tests' hook: with `MEDDINO_CHECKPOINT_HOLD_MS` set, every checkpoint stays that
+/// long in its complete temporary file before the rename, so a test can kill the process
+/// while a checkpoint write is under way. Unset (always, outside tests) it costs nothing.
+fn hold_before_rename() {
+    if let Some(ms) = std::env::var("MEDDINO_CHECKPOINT_HOLD_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
 

@@ -223,6 +223,9 @@ impl<'o> Trainer<'o> {
             path: fold_folder.clone(),
             source,
         })?;
+        // A run killed while writing a checkpoint leaves its temporary file; the checkpoint
+        // itself is the previous one, whole.
+        let stale = nnunet_data::io::remove_stale_temporaries(&fold_folder)?;
         let trainer_folder = options.trainer_folder();
         for (name, from) in [
             ("plans.json", plans_path.clone()),
@@ -290,6 +293,12 @@ impl<'o> Trainer<'o> {
             trainer.train_sampler.augmentation.patch,
             trainer.parameter_count()
         ))?;
+        if stale > 0 {
+            trainer.log(&format!(
+                "removed {stale} temporary file(s) an interrupted run left in {}",
+                fold_folder.display()
+            ))?;
+        }
         if !skipped.is_empty() {
             trainer.log(&format!(
                 "pretrained tensors the backbone does not have were skipped (strict=False): {}",
