@@ -8,6 +8,9 @@
 //! | [`eval`] | `meddino-eval` | Dice, HD95, NSD as MedDINOv3 scores them |
 //! | [`train`] | `meddino-train` | trainers and the sliding-window predictor |
 //!
+//! [`fuzzing`] feeds untrusted bytes to the readers, for the fuzz targets and their
+//! regression tests.
+//!
 //! The `meddino` binary puts them behind one command line; run `meddino --help`.
 //!
 //! # Features
@@ -16,6 +19,8 @@
 
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
+
+pub mod fuzzing;
 
 pub use meddino_backbone as backbone;
 pub use meddino_decoder as decoder;

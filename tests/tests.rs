@@ -23,3 +23,6 @@ mod baselines;
 
 // The catalogue of malformed inputs: exit status 1, the culprit named, nothing written.
 mod malformed;
+
+// Inputs that once crashed a fuzz target (`fuzz/regressions/`), through the same entry points.
+mod fuzzing;
