@@ -261,6 +261,26 @@ fn an_unwritable_output_folder_is_refused_naming_it() {
         .assert_code(1)
         .stderr();
     assert!(stderr.contains("blocker"), "{stderr}");
+
+    // `meddino evaluate` with its output folder under the same file.
+    let folder = dir.path().join("raw").join(DATASET);
+    let labels = folder.join("labelsTr");
+    let dataset_json = folder.join("dataset.json");
+    let stderr = dir
+        .meddino(&[
+            "evaluate",
+            "--pred",
+            labels.to_str().expect("utf-8"),
+            "--labels",
+            labels.to_str().expect("utf-8"),
+            "--dataset-json",
+            dataset_json.to_str().expect("utf-8"),
+            "--out",
+            "blocker/metrics",
+        ])
+        .assert_code(1)
+        .stderr();
+    assert!(stderr.contains("blocker/metrics"), "{stderr}");
     assert_eq!(
         std::fs::read_to_string(dir.path().join("blocker")).expect("file"),
         "not a folder"
