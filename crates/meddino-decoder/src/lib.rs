@@ -43,4 +43,4 @@ pub use meddino_backbone as backbone;
 pub use msda::{level_start_index, ms_deform_attn, MSDeformAttn};
 pub use network::SegmentationNetwork;
 pub use patch_decode::PatchDecode;
-pub use primus::{Interaction, Primus};
+pub use primus::{quarter_blocks, Interaction, Primus};

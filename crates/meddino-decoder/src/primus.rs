@@ -21,6 +21,15 @@ use crate::error::{Error, Result};
 use crate::network::SegmentationNetwork;
 use crate::patch_decode::PatchDecode;
 
+/// The encoder blocks a multi-scale head reads from a `depth`-block ViT: the last block of
+/// each quarter (`[2, 5, 8, 11]` for 12 blocks, as the MedDINOv3 trainers and the Dino
+/// U-Net's adapter pass), without repeats for very shallow ViTs.
+pub fn quarter_blocks(depth: usize) -> Vec<usize> {
+    let mut blocks: Vec<usize> = (1..=4).map(|q| (q * depth / 4).max(1) - 1).collect();
+    blocks.dedup();
+    blocks
+}
+
 /// Which encoder blocks feed the decoder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interaction {
@@ -192,5 +201,18 @@ impl<B: Backbone> SegmentationNetwork for Primus<B> {
             .into_iter()
             .map(|(name, t)| (format!("{}{name}", meddino_backbone::checkpoint::ENCODER_PREFIX), t))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multiscale_reads_the_last_block_of_each_quarter() {
+        assert_eq!(quarter_blocks(12), [2, 5, 8, 11]);
+        assert_eq!(quarter_blocks(4), [0, 1, 2, 3]);
+        assert_eq!(quarter_blocks(24), [5, 11, 17, 23]);
+        assert_eq!(quarter_blocks(2), [0, 1]);
     }
 }

@@ -8,7 +8,7 @@ use meddino_backbone::Config;
 use meddino_decoder::baselines::dino_unet::{DinoUNet, DinoUNetConfig, BACKBONE_PREFIX};
 use meddino_decoder::baselines::segformer::{SegFormer, SegFormerConfig};
 use meddino_decoder::baselines::unet::{PlainConvUNet, PlainConvUNetConfig};
-use meddino_decoder::{Primus, SegmentationNetwork};
+use meddino_decoder::{quarter_blocks, Primus, SegmentationNetwork};
 
 use crate::error::{Error, Result};
 use crate::optim::{GroupedAdamW, NamedVars, NesterovSgd, Optimizer};
@@ -156,14 +156,6 @@ pub struct TrainerSpec {
     /// Whether the loss is nnU-Net's deep-supervision sum over the network's
     /// [`SegmentationNetwork::forward_deep_supervision`] outputs.
     pub deep_supervision: bool,
-}
-
-/// The encoder blocks Primus_Multiscale reads for a `depth`-block ViT: the last block of
-/// each quarter (`[2, 5, 8, 11]` for 12 blocks, as the MedDINOv3 trainers pass).
-pub fn quarter_blocks(depth: usize) -> Vec<usize> {
-    let mut blocks: Vec<usize> = (1..=4).map(|q| (q * depth / 4).max(1) - 1).collect();
-    blocks.dedup();
-    blocks
 }
 
 fn primus_request(request: &NetworkRequest) -> Result<&Config> {
@@ -461,14 +453,6 @@ impl TrainerRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn multiscale_reads_the_last_block_of_each_quarter() {
-        assert_eq!(quarter_blocks(12), [2, 5, 8, 11]);
-        assert_eq!(quarter_blocks(4), [0, 1, 2, 3]);
-        assert_eq!(quarter_blocks(24), [5, 11, 17, 23]);
-        assert_eq!(quarter_blocks(2), [0, 1]);
-    }
 
     #[test]
     fn backbone_override_keeps_the_trainers_arguments() {

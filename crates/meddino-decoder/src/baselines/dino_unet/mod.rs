@@ -119,7 +119,7 @@ impl AdapterConfig {
                 "the adapter taps four ViT depths, the ViT has {depth} blocks"
             )));
         }
-        Ok((1..=4).map(|k| k * depth / 4 - 1).collect())
+        Ok(crate::quarter_blocks(depth))
     }
 }
 
