@@ -151,12 +151,7 @@ fn a_killed_preprocessing_run_completes_the_missing_cases_only() {
         "--preprocessed",
         out.to_str().expect("utf-8"),
     ];
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meddino"))
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start");
+    let mut child = dir.spawn_meddino(&args, &[]);
     let folder = out.join(&name).join("nnUNetPlans_2d_896");
     let done = |folder: &std::path::Path| {
         std::fs::read_dir(folder).map_or(0, |entries| {

@@ -1,5 +1,4 @@
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use meddino::backbone::candle::{DType, Device};
@@ -321,13 +320,7 @@ fn a_killed_training_continues_to_the_same_result() {
     // Killed once the first epoch's checkpoint exists (so in the second epoch), then continued.
     let args = run("killed");
     let fold = fold_folder(&dir.path().join("killed"), &name, trainer, &configuration);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meddino"))
-        .args(&args)
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start training");
+    let mut child = dir.spawn_meddino(&args, &[]);
     let deadline = Instant::now() + Duration::from_secs(300);
     let latest = fold.join(CHECKPOINT_LATEST);
     let saved_epoch = loop {
@@ -358,14 +351,7 @@ fn a_killed_training_continues_to_the_same_result() {
     let args = run("killed-writing");
     let fold = fold_folder(&dir.path().join("killed-writing"), &name, trainer, &configuration);
     let latest = fold.join(CHECKPOINT_LATEST);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meddino"))
-        .args(&args)
-        .env("MEDDINO_CHECKPOINT_HOLD_MS", "2000")
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start training");
+    let mut child = dir.spawn_meddino(&args, &[("MEDDINO_CHECKPOINT_HOLD_MS", "2000")]);
     let deadline = Instant::now() + Duration::from_secs(300);
     let temporary = loop {
         assert!(Instant::now() < deadline, "no second checkpoint write within 5 minutes");

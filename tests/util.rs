@@ -23,6 +23,19 @@ impl Dir {
         &self.path
     }
 
+    /// Starts `meddino` with `args` and `env` inside this folder, its output discarded, for
+    /// a test to kill.
+    pub fn spawn_meddino(&self, args: &[impl AsRef<std::ffi::OsStr>], env: &[(&str, &str)]) -> std::process::Child {
+        Command::new(env!("CARGO_BIN_EXE_meddino"))
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(&self.path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start meddino")
+    }
+
     /// Runs `meddino` with `args` inside this folder.
     pub fn meddino(&self, args: &[&str]) -> TestOutput {
         let output = Command::new(env!("CARGO_BIN_EXE_meddino"))
