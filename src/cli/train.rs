@@ -23,8 +23,9 @@ pub struct TrainArgs {
     #[arg(value_name = "FOLD")]
     fold: String,
 
-    /// Trainer, also as `-tr` (`meddinov3_base_primus_multiscale_Trainer`, `dinov3_base_primus_multiscale_Trainer`,
-    /// `dinov3_base_primus_Trainer`, `dinov3_base_primus_Trainer_scratch`).
+    /// Trainer, also as `-tr`: `meddinov3_base_primus_multiscale_Trainer`, `dinov3_base_primus_multiscale_Trainer`,
+    /// `dinov3_base_primus_Trainer`, `dinov3_base_primus_Trainer_scratch`, or a baseline: `nnUNetTrainer` (the
+    /// default), `segformerTrainer`, `dinoUNetTrainer`.
     #[arg(
         long = "tr",
         visible_alias = "trainer",
@@ -34,7 +35,8 @@ pub struct TrainArgs {
     trainer: String,
 
     /// Pretrained backbone weights: MedDINOv3's `model.pth` (teacher) or a DINOv3 `.pth` /
-    /// safetensors file; must match the backbone (see --backbone).
+    /// safetensors file (the official hub file for `dinoUNetTrainer`); must match the backbone
+    /// (see --backbone).
     #[arg(long, value_name = "PATH")]
     pretrained: Option<PathBuf>,
 
