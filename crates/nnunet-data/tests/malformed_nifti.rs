@@ -109,6 +109,23 @@ fn headers_that_lie() {
 }
 
 #[test]
+fn a_compressed_header_promising_gigabytes_is_refused_without_allocating_them() {
+    // Found by the nifti fuzz target: the nifti crate reserves what dim promises before
+    // reading, and a .nii.gz can promise anything (here 30000³ int16 voxels, 54 TB).
+    let dir = scratch("promise");
+    let plain = valid(&dir, "huge.nii");
+    for axis in 1..=3 {
+        patch(&plain, DIM + 2 * axis, &30000i16.to_le_bytes());
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &std::fs::read(&plain).expect("read")).expect("compress");
+    let path = dir.join("huge.nii.gz");
+    std::fs::write(&path, gz.finish().expect("compress")).expect("write");
+    refused(&path, "promise");
+    refused(&plain, "promise");
+}
+
+#[test]
 fn spacings_that_are_zero_or_not_numbers() {
     let dir = scratch("spacing");
     // Without qform and sform, the spacing is the pixdims.

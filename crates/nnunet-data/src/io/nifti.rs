@@ -54,6 +54,7 @@ pub fn read_image(path: &Path) -> Result<Image> {
             source,
         });
     }
+    check_promised_size(path)?;
     let object = ReaderOptions::new().read_file(path).map_err(nifti_error)?;
     let header = object.header().clone();
     // The nifti crate reads a single-file image's data right after the extensions whatever
@@ -96,6 +97,64 @@ pub fn read_image(path: &Path) -> Result<Image> {
         spacing: geometry.spacing.iter().rev().copied().collect(),
         geometry,
     })
+}
+
+/// Promised data sizes above this are checked against the file before the nifti crate
+/// allocates them: a `.nii.gz` header can promise any size, and the crate reserves it all
+/// up front (a fuzzed 1 kB file asked for 189 GB).
+const CHECK_PROMISES_ABOVE: u64 = 256 << 20;
+
+/// Refuses a header whose `dim` and `bitpix` promise more data than the file holds, without
+/// allocating it. For `.nii` the file size tells; for `.nii.gz` promises above
+/// [`CHECK_PROMISES_ABOVE`] are checked by decompressing into nothing and counting.
+/// Headers the nifti crate cannot parse are left to it (it names the problem).
+fn check_promised_size(path: &Path) -> Result<()> {
+    let Ok(header) = nifti::NiftiHeader::from_file(path) else {
+        return Ok(());
+    };
+    let rank = usize::from(header.dim[0]).min(7);
+    let voxels = header.dim[1..=rank]
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(u64::from(d.max(1))));
+    let bytes = voxels.and_then(|n| n.checked_mul(header.bitpix.max(8) as u64 / 8));
+    let start = (header.vox_offset.max(352.0) as u64).max(352);
+    let Some(promised) = bytes.and_then(|b| b.checked_add(start)) else {
+        return Err(Error::InvalidHeader {
+            path: path.to_path_buf(),
+            message: format!("dim {:?} promises an impossible amount of data", header.dim),
+        });
+    };
+    let gzipped = path.extension().is_some_and(|e| e == "gz");
+    let held = if gzipped {
+        if promised <= CHECK_PROMISES_ABOVE {
+            return Ok(());
+        }
+        let file = std::fs::File::open(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut stream = std::io::Read::take(
+            flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file)),
+            promised,
+        );
+        // A corrupt stream ends the count early; the read proper reports it.
+        std::io::copy(&mut stream, &mut std::io::sink()).unwrap_or(0)
+    } else {
+        std::fs::metadata(path).map_or(u64::MAX, |m| m.len())
+    };
+    if held < promised {
+        return Err(Error::InvalidHeader {
+            path: path.to_path_buf(),
+            message: format!(
+                "dim {:?}, bitpix {} and vox_offset {} promise {promised} bytes, the file holds {}{held}",
+                &header.dim[..=rank],
+                header.bitpix,
+                header.vox_offset,
+                if gzipped { "at most " } else { "" }
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Reads a 2-D or 3-D NIfTI-1 label map (any integer or float datatype holding integers in
