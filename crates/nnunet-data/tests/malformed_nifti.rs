@@ -106,6 +106,11 @@ fn headers_that_lie() {
     let path = valid(&dir, "datatype.nii");
     patch(&path, DATATYPE, &9999i16.to_le_bytes());
     refused(&path, "");
+    // bitpix that is not the datatype's size (int16 data read as uint8 of 16 bits): the
+    // nifti crate panicked on it (found by the nifti fuzz target).
+    let path = valid(&dir, "bitpix.nii");
+    patch(&path, DATATYPE, &2i16.to_le_bytes());
+    refused(&path, "bitpix 16 does not match datatype");
 }
 
 #[test]

@@ -54,7 +54,7 @@ pub fn read_image(path: &Path) -> Result<Image> {
             source,
         });
     }
-    check_promised_size(path)?;
+    check_header(path)?;
     let object = ReaderOptions::new().read_file(path).map_err(nifti_error)?;
     let header = object.header().clone();
     // The nifti crate reads a single-file image's data right after the extensions whatever
@@ -104,18 +104,35 @@ pub fn read_image(path: &Path) -> Result<Image> {
 /// up front (a fuzzed 1 kB file asked for 189 GB).
 const CHECK_PROMISES_ABOVE: u64 = 256 << 20;
 
-/// Refuses a header whose `dim` and `bitpix` promise more data than the file holds, without
-/// allocating it. For `.nii` the file size tells; for `.nii.gz` promises above
-/// [`CHECK_PROMISES_ABOVE`] are checked by decompressing into nothing and counting.
-/// Headers the nifti crate cannot parse are left to it (it names the problem).
-fn check_promised_size(path: &Path) -> Result<()> {
+/// Refuses, before the nifti crate reads the data, headers it would mishandle:
+/// - `bitpix` that is not its datatype's size (the crate reads `bitpix` bits per voxel,
+///   then panics building the array from a datatype of another size; found by fuzzing);
+/// - `dim` and `bitpix` promising more data than the file holds, without allocating it
+///   (the crate reserves the promise up front). For `.nii` the file size tells; for
+///   `.nii.gz`, promises above [`CHECK_PROMISES_ABOVE`] are checked by decompressing into
+///   nothing and counting.
+///
+/// Headers the crate cannot parse at all are left to it (it names the problem).
+fn check_header(path: &Path) -> Result<()> {
     let Ok(header) = nifti::NiftiHeader::from_file(path) else {
         return Ok(());
     };
+    if let Ok(datatype) = header.data_type() {
+        if i64::from(header.bitpix) != 8 * datatype.size_of() as i64 {
+            return Err(Error::InvalidHeader {
+                path: path.to_path_buf(),
+                message: format!(
+                    "bitpix {} does not match datatype {datatype:?} ({} bits per voxel)",
+                    header.bitpix,
+                    8 * datatype.size_of()
+                ),
+            });
+        }
+    }
     let rank = usize::from(header.dim[0]).min(7);
     let voxels = header.dim[1..=rank]
         .iter()
-        .try_fold(1u64, |n, &d| n.checked_mul(u64::from(d.max(1))));
+        .try_fold(1u64, |n, &d| n.checked_mul(u64::from(d)));
     let bytes = voxels.and_then(|n| n.checked_mul(header.bitpix.max(8) as u64 / 8));
     let start = (header.vox_offset.max(352.0) as u64).max(352);
     let Some(promised) = bytes.and_then(|b| b.checked_add(start)) else {
