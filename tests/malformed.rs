@@ -25,10 +25,15 @@ fn raw_dataset(dir: &Dir) -> PathBuf {
     folder
 }
 
-/// `meddino plan-and-preprocess -d 42 -c 2d` on `dir`'s raw data set, with `--verify` or not.
+/// `meddino plan-and-preprocess -d 42 -c 2d` on `dir`'s raw data set into
+/// `dir/preprocessed`, with `--verify` or not.
 fn plan(dir: &Dir, verify: bool) -> TestOutput {
+    plan_into(dir, &dir.path().join("preprocessed"), verify)
+}
+
+/// As [`plan`], into `preprocessed`.
+fn plan_into(dir: &Dir, preprocessed: &Path, verify: bool) -> TestOutput {
     let raw = dir.path().join("raw");
-    let preprocessed = dir.path().join("preprocessed");
     let mut args = vec![
         "plan-and-preprocess",
         "-d",
@@ -244,22 +249,8 @@ fn an_unwritable_output_folder_is_refused_naming_it() {
     let _ = raw_dataset(&dir);
     // The preprocessed folder's parent is a regular file.
     std::fs::write(dir.path().join("blocker"), "not a folder").expect("file");
-    let raw = dir.path().join("raw");
     let preprocessed = dir.path().join("blocker").join("preprocessed");
-    let stderr = dir
-        .meddino(&[
-            "plan-and-preprocess",
-            "-d",
-            "42",
-            "-c",
-            "2d",
-            "--raw",
-            raw.to_str().expect("utf-8"),
-            "--preprocessed",
-            preprocessed.to_str().expect("utf-8"),
-        ])
-        .assert_code(1)
-        .stderr();
+    let stderr = plan_into(&dir, &preprocessed, false).assert_code(1).stderr();
     assert!(stderr.contains("blocker"), "{stderr}");
 
     // `meddino evaluate` with its output folder under the same file.

@@ -262,13 +262,15 @@ impl RawDataset {
                 images.spacing
             ));
         }
+        // One pass over the voxels, no copy: fingerprinting runs this on every case.
         let declared = self.declared_labels();
-        let mut found: Vec<i64> = label.data.iter().map(|&v| v as i64).collect();
-        found.sort_unstable();
-        found.dedup();
-        let undeclared: Vec<i64> = found
+        let undeclared: Vec<i64> = label
+            .data
+            .iter()
+            .map(|&v| v as i64)
+            .filter(|&v| u32::try_from(v).map_or(true, |v| declared.binary_search(&v).is_err()))
+            .collect::<std::collections::BTreeSet<i64>>()
             .into_iter()
-            .filter(|&v| v < 0 || !declared.contains(&(v as u32)))
             .collect();
         if !undeclared.is_empty() {
             problems.push(format!(

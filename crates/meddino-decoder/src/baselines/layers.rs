@@ -557,13 +557,16 @@ pub fn max_pool_3x3_stride2(xs: &Tensor) -> Result<Tensor> {
     };
     let padded = pad(&pad(xs, 2, 1, 1 + h % 2)?, 3, 1, 1 + w % 2)?;
     let device = xs.device();
+    // Window offset d of output position i reads padded position d + 2i.
+    let taps = |offset: u32, n: usize| Tensor::from_vec((0..n as u32).map(|i| offset + 2 * i).collect(), n, device);
+    let columns = (0..3u32)
+        .map(|dx| taps(dx, out_w))
+        .collect::<candle_core::Result<Vec<_>>>()?;
     let mut pooled: Option<Tensor> = None;
     for dy in 0..3u32 {
-        let rows = Tensor::from_vec((0..out_h as u32).map(|i| dy + 2 * i).collect::<Vec<_>>(), out_h, device)?;
-        let selected_rows = padded.index_select(&rows, 2)?;
-        for dx in 0..3u32 {
-            let columns = Tensor::from_vec((0..out_w as u32).map(|i| dx + 2 * i).collect::<Vec<_>>(), out_w, device)?;
-            let window = selected_rows.index_select(&columns, 3)?;
+        let selected_rows = padded.index_select(&taps(dy, out_h)?, 2)?;
+        for columns in &columns {
+            let window = selected_rows.index_select(columns, 3)?;
             pooled = Some(match pooled {
                 None => window,
                 Some(p) => p.maximum(&window)?,

@@ -134,7 +134,7 @@ fn check_header(path: &Path) -> Result<()> {
         .iter()
         .try_fold(1u64, |n, &d| n.checked_mul(u64::from(d)));
     let bytes = voxels.and_then(|n| n.checked_mul(header.bitpix.max(8) as u64 / 8));
-    let start = (header.vox_offset.max(352.0) as u64).max(352);
+    let start = header.vox_offset.max(352.0) as u64;
     let Some(promised) = bytes.and_then(|b| b.checked_add(start)) else {
         return Err(Error::InvalidHeader {
             path: path.to_path_buf(),
