@@ -6,6 +6,7 @@
 //!
 //! Prints each pass and, last, `median_s=<seconds>` (f32, `forward_features`).
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_nn::{VarBuilder, VarMap};
@@ -13,6 +14,19 @@ use meddino_backbone::candle::{DType, Device, Tensor};
 use meddino_backbone::{Config, DinoVisionTransformer};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
+
+// As the `meddino` binary: an allocator that keeps freed pages, so activation buffers are
+// not page-faulted in afresh on every pass.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A field of this process's `/proc/self/status` (`VmRSS`, `VmHWM`), in MiB.
+fn memory_mib(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
 
 fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,12 +47,32 @@ fn main() -> Result<(), Error> {
         other => return Err(format!("unknown device {other:?}: cpu or cuda").into()),
     };
     let cfg = Config::preset(&arch)?;
+    // Random weights drawn as variables, then loaded as plain tensors, as `meddino predict`
+    // loads a checkpoint: no autograd graph is kept alive by the outputs.
     let varmap = VarMap::new();
-    let model = DinoVisionTransformer::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    DinoVisionTransformer::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    let weights: HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .map_err(|_| "poisoned variable map")?
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+        .collect();
+    let model = DinoVisionTransformer::new(&cfg, VarBuilder::from_tensors(weights, DType::F32, &device))?;
     let xs = Tensor::randn(0f32, 1.0, (batch, cfg.in_chans, size, size), &device)?;
+    eprintln!(
+        "after init: rss {:?} MiB, peak {:?} MiB",
+        memory_mib("VmRSS:"),
+        memory_mib("VmHWM:")
+    );
 
     // One untimed pass warms allocators and (on CUDA) loads the kernels.
     let _ = model.forward_features(&xs)?.x_prenorm.sum_all()?.to_scalar::<f32>()?;
+    eprintln!(
+        "after warm-up: rss {:?} MiB, peak {:?} MiB",
+        memory_mib("VmRSS:"),
+        memory_mib("VmHWM:")
+    );
     let mut times = Vec::with_capacity(repeats);
     for i in 0..repeats {
         let start = Instant::now();

@@ -6,6 +6,7 @@ use candle_nn::{linear_b, Init, Linear, VarBuilder};
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::fused::{self, Activation};
 use crate::rope::{RopePositionEmbedding, RopeTables};
 
 /// Multi-head self-attention over `[B, N, D]` tokens.
@@ -65,13 +66,18 @@ impl SelfAttention {
         rope: Option<(&RopePositionEmbedding, &RopeTables)>,
     ) -> candle_core::Result<Tensor> {
         let (b, n, d) = xs.dims3()?;
+        let bias = match (&self.qkv_bias, &self.bias_mask) {
+            (Some(bias), Some(mask)) => Some((bias * mask)?),
+            (bias, _) => bias.clone(),
+        };
+        if fused::applies(&[xs, &self.qkv_weight]) && bias.as_ref().is_none_or(|b| fused::applies(&[b])) {
+            let qkv = fused::linear(xs, &self.qkv_weight, bias.as_ref(), Activation::None)?;
+            let out = fused::attention(&qkv, self.num_heads, rope.map(|(module, tables)| module.fused(tables)))?;
+            return fused::linear(&out, self.proj.weight(), self.proj.bias(), Activation::None);
+        }
         let mut qkv = xs.broadcast_matmul(&self.qkv_weight.t()?)?;
-        if let Some(bias) = &self.qkv_bias {
-            let bias = match &self.bias_mask {
-                Some(mask) => (bias * mask)?,
-                None => bias.clone(),
-            };
-            qkv = qkv.broadcast_add(&bias)?;
+        if let Some(bias) = &bias {
+            qkv = qkv.broadcast_add(bias)?;
         }
         // [B, N, 3, heads, head_dim] → [3, B, heads, N, head_dim]
         let qkv = qkv

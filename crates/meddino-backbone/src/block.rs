@@ -8,6 +8,7 @@ use crate::attention::SelfAttention;
 use crate::config::Config;
 use crate::error::Result;
 use crate::ffn::Ffn;
+use crate::fused;
 use crate::layer_scale::LayerScale;
 use crate::norm::Norm;
 use crate::rope::{RopePositionEmbedding, RopeTables};
@@ -55,6 +56,15 @@ impl SelfAttentionBlock {
         }
     }
 
+    /// `xs + ls(branch)`, fused on the CPU at inference.
+    fn residual(xs: &Tensor, ls: &Option<LayerScale>, branch: Tensor) -> candle_core::Result<Tensor> {
+        let gamma = ls.as_ref().map(LayerScale::gamma);
+        if fused::applies(&[xs, &branch]) && gamma.is_none_or(|g| fused::applies(&[g])) {
+            return fused::scaled_residual(xs, &branch, gamma);
+        }
+        xs + Self::scaled(ls, branch)?
+    }
+
     /// `xs`: `[B, N, D]`. In training (`train` gives the generator) with a drop-path rate,
     /// each branch runs on a random subset of `max(⌊B·(1 − r)⌋, 1)` samples and is added back scaled by B / subset.
     pub(crate) fn forward(
@@ -71,8 +81,8 @@ impl SelfAttentionBlock {
                 drop_add_residual(&xs, self.drop_path_rate, rng, ffn)
             }
             _ => {
-                let xs = (xs + attn(xs)?)?;
-                &xs + ffn(&xs)?
+                let xs = Self::residual(xs, &self.ls1, self.attn.forward(&self.norm1.forward(xs)?, rope)?)?;
+                Self::residual(&xs, &self.ls2, self.mlp.forward(&self.norm2.forward(&xs)?)?)
             }
         }
     }

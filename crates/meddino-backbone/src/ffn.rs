@@ -5,6 +5,7 @@ use candle_nn::{linear_b, Linear, VarBuilder};
 
 use crate::config::{Config, FfnLayer};
 use crate::error::Result;
+use crate::fused::{self, Activation};
 
 /// The block's feed-forward layer, as `ffn_layer` selects.
 #[derive(Debug, Clone)]
@@ -36,6 +37,10 @@ impl Ffn {
 impl Module for Ffn {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
+            Ffn::Mlp { fc1, fc2 } if fused::applies(&[xs, fc1.weight(), fc2.weight()]) => {
+                let hidden = fused::linear(xs, fc1.weight(), fc1.bias(), Activation::Gelu)?;
+                fused::linear(&hidden, fc2.weight(), fc2.bias(), Activation::None)
+            }
             Ffn::Mlp { fc1, fc2 } => fc2.forward(&fc1.forward(xs)?.gelu_erf()?),
             Ffn::SwiGlu { w1, w2, w3 } => w3.forward(&(w1.forward(xs)?.silu()? * w2.forward(xs)?)?),
         }

@@ -19,6 +19,13 @@ impl LayerScale {
     }
 }
 
+impl LayerScale {
+    /// The factors, of width D.
+    pub(crate) fn gamma(&self) -> &Tensor {
+        &self.gamma
+    }
+}
+
 impl Module for LayerScale {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         xs.broadcast_mul(&self.gamma)

@@ -18,7 +18,9 @@
 //! ```
 //!
 //! Every forward op is differentiable (LayerNorm, softmax and RoPE are composite), so the
-//! model can be fine-tuned when built from a `VarMap`.
+//! model can be fine-tuned when built from a `VarMap`. At inference on the CPU (f32 weights
+//! that track no gradient, as loaded from a checkpoint) the blocks run fused kernels instead:
+//! one pass each for LayerNorm, linear + bias (+ GELU), the residual, and attention with RoPE.
 //!
 //! # Features
 //!
@@ -34,6 +36,7 @@ pub mod checkpoint;
 pub mod config;
 mod error;
 mod ffn;
+mod fused;
 mod layer_scale;
 mod norm;
 mod patch_embed;

@@ -57,6 +57,15 @@ impl RopeDtype {
         }
     }
 
+    /// [`Self::round`] as a function, for the fused CPU attention.
+    pub(crate) fn rounding(self) -> fn(f32) -> f32 {
+        match self {
+            RopeDtype::Bf16 => |v| half::bf16::from_f32(v).to_f32(),
+            RopeDtype::Fp16 => |v| half::f16::from_f32(v).to_f32(),
+            RopeDtype::Fp32 => |v| v,
+        }
+    }
+
     fn candle(self) -> DType {
         match self {
             RopeDtype::Bf16 => DType::BF16,
@@ -200,6 +209,15 @@ impl RopePositionEmbedding {
             sin: Tensor::from_vec(sin, shape, device)?.to_dtype(dtype)?,
             cos: Tensor::from_vec(cos, shape, device)?.to_dtype(dtype)?,
         })
+    }
+
+    /// The tables and rounding for the fused CPU attention.
+    pub(crate) fn fused<'a>(&self, tables: &'a RopeTables) -> crate::fused::FusedRope<'a> {
+        crate::fused::FusedRope {
+            sin: &tables.sin,
+            cos: &tables.cos,
+            dtype: self.dtype,
+        }
     }
 
     /// Rotates the last `h·w` tokens of `xs` (`[B, heads, N, head_dim]`), leaving the prefix
