@@ -36,7 +36,7 @@ pub mod checkpoint;
 pub mod config;
 mod error;
 mod ffn;
-mod fused;
+pub mod fused;
 mod layer_scale;
 mod norm;
 mod patch_embed;

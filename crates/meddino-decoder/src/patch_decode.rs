@@ -13,9 +13,15 @@
 //! gradient of a broadcast over leading axes is a strided reduction in candle, which made
 //! up most of the backward pass at full resolution, while the matrix product's gradient
 //! runs on gemm.
+//!
+//! At inference on the CPU (weights that track no gradient) the decoder takes a fused path
+//! instead: the norm's scale is applied element-wise, and the sub-pixel shuffle, LayerNorm
+//! and GELU are one pass per stage.
 
 use candle_core::{Module, Tensor};
 use candle_nn::{Init, VarBuilder};
+use meddino_backbone::fused::{self, math, Activation, WeightLayout};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -190,8 +196,79 @@ impl PatchDecode {
     }
 }
 
+impl PatchDecode {
+    /// Whether inference can take the fused CPU path (see `meddino_backbone::fused`).
+    fn fused_applies(&self, xs: &Tensor) -> bool {
+        let weights = self
+            .stages
+            .iter()
+            .flat_map(|(up, norm)| [&up.weight, &up.bias, &norm.weight, &norm.bias])
+            .chain([&self.head.weight, &self.head.bias]);
+        fused::applies(&std::iter::once(xs).chain(weights).collect::<Vec<_>>())
+    }
+
+    /// Inference on the CPU: per stage one matrix product with the bias, then one pass that
+    /// moves the 2×2 sub-pixels into place, normalises and applies GELU; then the 1×1 head.
+    fn forward_fused(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, _, mut h, mut w) = xs.dims4()?;
+        let mut rows = to_rows(xs)?.contiguous()?;
+        for (up, norm) in &self.stages {
+            let (c_in, c_out) = (up.weight.dim(0)?, up.weight.dim(1)?);
+            // The weight's own layout `[in, out·2·2]`: columns in (o, a, e) order.
+            let weight = up.weight.reshape((c_in, 4 * c_out))?;
+            let bias = up.bias.unsqueeze(1)?.repeat((1, 4))?.flatten_all()?;
+            let sub_pixels = fused::matmul_bias(&rows, &weight, WeightLayout::InOut, Some(&bias), Activation::None)?;
+            rows = shuffle_norm_gelu(&sub_pixels, (b, h, w, c_out), norm)?;
+            (h, w) = (2 * h, 2 * w);
+        }
+        let (c_out, c_in) = (self.head.weight.dim(0)?, self.head.weight.dim(1)?);
+        let logits = fused::linear(
+            &rows,
+            &self.head.weight.reshape((c_out, c_in))?,
+            Some(&self.head.bias),
+            Activation::None,
+        )?;
+        from_rows(&logits, (b, h, w, c_out))
+    }
+}
+
+/// Pixel rows of the `b × 2h × 2w` map from a transposed convolution's sub-pixel rows
+/// (`[b·h·w, c·2·2]`, columns in (o, a, e) order), each normalised and through GELU.
+fn shuffle_norm_gelu(
+    sub_pixels: &Tensor,
+    (b, h, w, c): (usize, usize, usize, usize),
+    norm: &LayerNormNd,
+) -> candle_core::Result<Tensor> {
+    let mut out = vec![0f32; b * 4 * h * w * c];
+    fused::with_data(sub_pixels, |y| {
+        fused::with_data(&norm.weight, |weight| {
+            fused::with_data(&norm.bias, |bias| {
+                // One task per output image row: row 2i + a of sample s reads input row i.
+                out.par_chunks_mut(2 * w * c).enumerate().for_each(|(row, out_row)| {
+                    let (sample, i, a) = (row / (2 * h), row % (2 * h) / 2, row % 2);
+                    let mut pixel = vec![0f32; c];
+                    for (x, out_pixel) in out_row.chunks_exact_mut(c).enumerate() {
+                        let (j, e) = (x / 2, x % 2);
+                        let src = &y[((sample * h + i) * w + j) * 4 * c..][..4 * c];
+                        for (o, value) in pixel.iter_mut().enumerate() {
+                            *value = src[o * 4 + a * 2 + e];
+                        }
+                        math::layer_norm_row(&pixel, weight, bias, norm.eps as f32, out_pixel);
+                        math::gelu_in_place(out_pixel);
+                    }
+                });
+                Ok(())
+            })
+        })
+    })?;
+    Tensor::from_vec(out, (b * 4 * h * w, c), &candle_core::Device::Cpu)
+}
+
 impl Module for PatchDecode {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        if self.fused_applies(xs) {
+            return self.forward_fused(xs);
+        }
         let (b, _, mut h, mut w) = xs.dims4()?;
         let mut rows = to_rows(xs)?;
         for (up, norm) in &self.stages {
@@ -229,6 +306,37 @@ mod tests {
             .and_then(|d| d.abs()?.max_all()?.to_scalar())
             .expect("diff");
         assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn fused_inference_matches_the_differentiable_path() {
+        let dev = Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        let composite =
+            PatchDecode::new(4, 16, 3, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).expect("decoder");
+        // Random norms and biases too, so every term shows; then the same values as plain
+        // tensors, which take the fused path.
+        let weights: std::collections::HashMap<String, Tensor> = varmap
+            .data()
+            .lock()
+            .expect("varmap")
+            .iter()
+            .map(|(name, var)| {
+                let value = var.as_tensor().randn_like(0.0, 0.5).expect("random");
+                var.set(&value).expect("set");
+                (name.clone(), value)
+            })
+            .collect();
+        let fused = PatchDecode::new(4, 16, 3, VarBuilder::from_tensors(weights, DType::F32, &dev)).expect("decoder");
+        let xs = Tensor::randn(0f32, 1.0, (2, 16, 3, 5), &dev).expect("x");
+        assert!(fused.fused_applies(&xs) && !composite.fused_applies(&xs));
+        let (a, b) = (
+            composite.forward(&xs).expect("composite"),
+            fused.forward(&xs).expect("fused"),
+        );
+        assert_eq!(b.dims(), &[2, 3, 12, 20]);
+        let diff: f32 = (a - b).and_then(|d| d.abs()?.max_all()?.to_scalar()).expect("diff");
+        assert!(diff < 1e-4, "{diff}");
     }
 
     #[test]

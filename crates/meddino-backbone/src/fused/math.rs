@@ -8,7 +8,7 @@ use multiversion::multiversion;
 /// `exp(x)` to about 2 ulp: `2^n · p(r)` with `x = n·ln2 + r`, `|r| ≤ ln2/2` (Cephes'
 /// polynomial), saturating to 0 below −87.3 and to `f32::MAX`-scale above 88.7.
 #[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
+pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split in two so `n · ln2` is exact in the high part.
     const LN2_HI: f32 = 0.693_359_4;
@@ -31,7 +31,7 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// `erf(x)` within 5e-7: an odd rational approximation on [−4, 4] (Eigen's
 /// `generic_fast_erf_float` coefficients); |erf| rounds to 1 beyond.
 #[inline(always)]
-pub(crate) fn erf(x: f32) -> f32 {
+pub fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
     let mut p = -2.726_142_3e-10_f32;
@@ -61,7 +61,7 @@ pub(crate) fn round_bf16(x: f32) -> f32 {
 
 /// PyTorch's exact GELU, `x/2 · (1 + erf(x/√2))`, in place.
 #[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
-pub(crate) fn gelu_in_place(values: &mut [f32]) {
+pub fn gelu_in_place(values: &mut [f32]) {
     for v in values {
         let x = *v;
         *v = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
@@ -116,7 +116,7 @@ pub(crate) fn softmax_in_place(row: &mut [f32]) {
 /// LayerNorm of one row into `out`: `(x − μ) / sqrt(σ² + eps) · weight + bias`, biased
 /// variance from the centred values (as the composite version computes it).
 #[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
-pub(crate) fn layer_norm_row(row: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
+pub fn layer_norm_row(row: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
     let n = row.len() as f32;
     let mean = sum(row) / n;
     for (o, &x) in out.iter_mut().zip(row) {

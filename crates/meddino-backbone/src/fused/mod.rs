@@ -1,5 +1,6 @@
 //! Fused CPU kernels for inference: LayerNorm, linear layers with their bias (and GELU),
-//! the residual with LayerScale, and attention with RoPE, each one pass over its data.
+//! the residual with LayerScale, and attention with RoPE, each one pass over its data. The
+//! decoders use the same kernels (public here for them).
 //!
 //! Why by hand: candle runs every tensor op as its own pass into a freshly allocated buffer,
 //! and on the CPU its element-wise thread pool spins while gemm's rayon pool works. A ViT-B
@@ -13,7 +14,7 @@
 
 mod attention;
 mod gemm;
-pub(crate) mod math;
+pub mod math;
 
 use std::sync::OnceLock;
 
@@ -28,7 +29,7 @@ const MIN_ROWS_PER_TASK: usize = 16;
 
 /// Whether the fused kernels may run on these tensors: all contiguous f32 on the CPU, none
 /// tracking a gradient, and not turned off by `MEDDINO_FUSED_KERNELS=0`.
-pub(crate) fn applies(tensors: &[&Tensor]) -> bool {
+pub fn applies(tensors: &[&Tensor]) -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
     let enabled = *ENABLED.get_or_init(|| std::env::var("MEDDINO_FUSED_KERNELS").map_or(true, |v| v != "0"));
     enabled
@@ -38,7 +39,11 @@ pub(crate) fn applies(tensors: &[&Tensor]) -> bool {
 }
 
 /// Runs `f` on the f32 data of a contiguous CPU tensor.
-fn with_data<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+///
+/// # Errors
+///
+/// When the tensor is not a contiguous f32 CPU tensor, or as `f` fails.
+pub fn with_data<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let (storage, layout) = tensor.storage_and_layout();
     let (start, end) = layout
         .contiguous_offsets()
@@ -49,8 +54,12 @@ fn with_data<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<
     }
 }
 
-/// LayerNorm over the last axis (see [`crate::norm::layer_norm`]).
-pub(crate) fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+/// LayerNorm over the last axis (see [`crate::layer_norm`]).
+///
+/// # Errors
+///
+/// When the inputs are not contiguous f32 CPU tensors or the widths disagree.
+pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let width = xs.dim(candle_core::D::Minus1)?;
     let mut out = vec![0f32; xs.elem_count()];
     with_data(xs, |x| {
@@ -76,15 +85,50 @@ pub(crate) fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) 
 
 /// What follows a linear layer's matrix product and bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Activation {
+pub enum Activation {
+    /// Nothing.
     None,
     /// PyTorch's exact (erf) GELU.
     Gelu,
 }
 
+/// How a weight matrix is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// `[out, in]`, as `nn.Linear` stores it.
+    OutIn,
+    /// `[in, out]`.
+    InOut,
+}
+
 /// `activation(xs · weightᵀ + bias)` over the last axis of `xs`; `weight` is `[out, in]`.
-pub(crate) fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, activation: Activation) -> Result<Tensor> {
-    let (out_features, in_features) = weight.dims2()?;
+///
+/// # Errors
+///
+/// When the inputs are not contiguous f32 CPU tensors or their shapes disagree.
+pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, activation: Activation) -> Result<Tensor> {
+    matmul_bias(xs, weight, WeightLayout::OutIn, bias, activation)
+}
+
+/// `activation(xs · W + bias)` over the last axis of `xs`, `W` stored as `layout` says.
+///
+/// # Errors
+///
+/// When the inputs are not contiguous f32 CPU tensors or their shapes disagree.
+pub fn matmul_bias(
+    xs: &Tensor,
+    weight: &Tensor,
+    layout: WeightLayout,
+    bias: Option<&Tensor>,
+    activation: Activation,
+) -> Result<Tensor> {
+    let (out_features, in_features) = match layout {
+        WeightLayout::OutIn => weight.dims2()?,
+        WeightLayout::InOut => {
+            let (i, o) = weight.dims2()?;
+            (o, i)
+        }
+    };
     let mut dims = xs.dims().to_vec();
     match dims.last_mut() {
         Some(last) if *last == in_features => *last = out_features,
@@ -111,7 +155,10 @@ pub(crate) fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, activa
     with_data(xs, |x| {
         with_data(weight, |w| {
             let lhs = MatRef::row_major(x, 0, rows, in_features);
-            let rhs = MatRef::row_major(w, 0, out_features, in_features).t();
+            let rhs = match layout {
+                WeightLayout::OutIn => MatRef::row_major(w, 0, out_features, in_features).t(),
+                WeightLayout::InOut => MatRef::row_major(w, 0, in_features, out_features),
+            };
             gemm::matmul(&mut out, 0, out_features, lhs, rhs, bias.is_some(), true)
         })
     })?;
