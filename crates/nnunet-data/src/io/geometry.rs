@@ -4,8 +4,11 @@
 //! The NIfTI affine (RAS) comes from the sform when `sform_code > 0` and its 3×3 part has
 //! orthogonal columns, else from the qform when `qform_code > 0`, else it is `diag(pixdim)`
 //! with the origin at 0 (the NIfTI library's "method 1", which ITK reads). ITK flips the first
-//! two world axes (RAS → LPS); the spacing is the column norms of the 3×3 part (the pixdims
-//! for a qform) and the direction its normalised columns. The reference data
+//! two world axes (RAS → LPS); the direction is the normalised columns of the 3×3 part. The
+//! spacing is always the header's `pixdim`, even when the sform's column lengths say
+//! otherwise: ITK only warns about such "unexpected scales in sform" (SimpleITK 2.5 reads
+//! pixdim (0.8, 0.9, 2.5) with an sform of diag(2, 3, 4) as spacing (0.8, 0.9, 2.5)). A zero or
+//! non-finite pixdim falls back to the column length. The reference data
 //! (`nifti/expected.json`) has both forms agree in every file, so which one wins when they
 //! disagree follows ITK's documented preference for a valid sform rather than the data.
 
@@ -90,7 +93,16 @@ pub fn itk_geometry(header: &NiftiHeader, n: usize) -> ItkGeometry {
     let norms: Vec<f64> = (0..3)
         .map(|j| (0..3).map(|i| affine[i][j].powi(2)).sum::<f64>().sqrt())
         .collect();
-    let spacing: Vec<f64> = norms.iter().take(n).copied().collect();
+    let spacing: Vec<f64> = (0..n)
+        .map(|j| {
+            let pixdim = f64::from(header.pixdim[j + 1]).abs();
+            if pixdim > 0.0 && pixdim.is_finite() {
+                pixdim
+            } else {
+                norms[j]
+            }
+        })
+        .collect();
     let origin: Vec<f64> = (0..n).map(|i| lps(i, 3)).collect();
     let direction: Vec<f64> = (0..n)
         .flat_map(|i| (0..n).map(move |j| (i, j)))
@@ -100,5 +112,34 @@ pub fn itk_geometry(header: &NiftiHeader, n: usize) -> ItkGeometry {
         spacing,
         origin,
         direction,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spacing_comes_from_pixdim_even_when_the_sform_scales_differently() {
+        // SimpleITK 2.5.7 reads this header as spacing (0.8, 0.9, 2.5): the sform gives the
+        // direction and origin only.
+        let header = NiftiHeader {
+            pixdim: [1.0, 0.8, 0.9, 2.5, 1.0, 1.0, 1.0, 1.0],
+            sform_code: 1,
+            srow_x: [2.0, 0.0, 0.0, 10.0],
+            srow_y: [0.0, 3.0, 0.0, 20.0],
+            srow_z: [0.0, 0.0, 4.0, 30.0],
+            ..NiftiHeader::default()
+        };
+        let geometry = itk_geometry(&header, 3);
+        assert_eq!(geometry.spacing, vec![0.8f32 as f64, 0.9f32 as f64, 2.5]);
+        assert_eq!(geometry.origin, vec![-10.0, -20.0, 30.0]);
+        assert_eq!(geometry.direction, vec![-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0]);
+        // No usable pixdim: the sform's column lengths.
+        let header = NiftiHeader {
+            pixdim: [1.0, 0.0, f32::NAN, 2.5, 1.0, 1.0, 1.0, 1.0],
+            ..header
+        };
+        assert_eq!(itk_geometry(&header, 3).spacing, vec![2.0, 3.0, 2.5]);
     }
 }
