@@ -9,17 +9,59 @@
 use std::cell::RefCell;
 
 use ndarray::{Array3, ArrayViewMut1, Axis, Zip};
+use rayon::prelude::*;
 
-/// Replaces `grid` (0 at feature points, +∞ elsewhere) by the squared distance in mm to the
-/// nearest feature point. A grid without feature points stays +∞ everywhere.
-pub(crate) fn squared_distance_transform(grid: &mut Array3<f64>, spacing: [f64; 3]) {
-    for axis in (0..3).rev() {
+/// The squared distance in mm from every voxel to the nearest `true` voxel of `features`
+/// (+∞ everywhere when there is none).
+pub(crate) fn squared_distance_transform(features: &Array3<bool>, spacing: [f64; 3]) -> Array3<f64> {
+    let mut grid = first_pass(features, spacing[2]);
+    for axis in (0..2).rev() {
         if grid.len_of(Axis(axis)) < 2 {
             continue;
         }
         let step = spacing[axis];
         Zip::from(grid.lanes_mut(Axis(axis))).par_for_each(|lane| transform_lane(lane, step));
     }
+    grid
+}
+
+/// The pass along the last axis straight from the mask: on 0/∞ input the lower envelope is
+/// the nearest feature on the row, found by one scan each way (no parabolas, and no float
+/// copy of the mask first).
+fn first_pass(features: &Array3<bool>, step: f64) -> Array3<f64> {
+    let features = features.as_standard_layout();
+    let mut grid = Array3::from_elem(features.dim(), f64::INFINITY);
+    let width = features.dim().2.max(1);
+    let (Some(mask), Some(out)) = (features.as_slice(), grid.as_slice_mut()) else {
+        return grid; // unreachable: both are in standard layout
+    };
+    out.par_chunks_mut(width)
+        .zip(mask.par_chunks(width))
+        .for_each(|(row, mask)| {
+            let squared = |q: usize, p: usize| {
+                let dx = q as f64 * step - p as f64 * step;
+                dx * dx
+            };
+            let mut last = None;
+            for (q, (d, &feature)) in row.iter_mut().zip(mask).enumerate() {
+                if feature {
+                    last = Some(q);
+                }
+                if let Some(p) = last {
+                    *d = squared(q, p);
+                }
+            }
+            let mut next = None;
+            for (q, (d, &feature)) in row.iter_mut().zip(mask).enumerate().rev() {
+                if feature {
+                    next = Some(q);
+                }
+                if let Some(p) = next {
+                    *d = d.min(squared(p, q));
+                }
+            }
+        });
+    grid
 }
 
 /// Scratch buffers for one lane: input copy, envelope vertices and boundaries.
@@ -106,9 +148,7 @@ mod tests {
     }
 
     fn transform(features: &Array3<bool>, spacing: [f64; 3]) -> Array3<f64> {
-        let mut grid = features.mapv(|f| if f { 0.0 } else { f64::INFINITY });
-        squared_distance_transform(&mut grid, spacing);
-        grid
+        squared_distance_transform(features, spacing)
     }
 
     #[test]

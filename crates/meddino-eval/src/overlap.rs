@@ -100,6 +100,17 @@ pub(crate) fn class_stats<L: Copy + PartialEq + Sync>(
                 let p_row = p_row.index_axis(Axis(0), y);
                 let r_row = reference.data.index_axis(Axis(0), z);
                 let r_row = r_row.index_axis(Axis(0), y);
+                // Labels come in runs: remember the last lookup (most voxels are background,
+                // which is in no class, and would otherwise scan every class each time).
+                let mut last: Option<(L, Option<usize>)> = None;
+                let mut class_index = |v: L| match last {
+                    Some((label, index)) if label == v => index,
+                    _ => {
+                        let index = class_index(v);
+                        last = Some((v, index));
+                        index
+                    }
+                };
                 for (x, (&p, &r)) in p_row.iter().zip(r_row.iter()).enumerate() {
                     if p == r {
                         if let Some(c) = class_index(p) {

@@ -144,3 +144,32 @@ fn spacings_that_are_zero_or_not_numbers() {
     patch(&path, PIXDIM + 8, &f32::NAN.to_le_bytes());
     refused(&path, "spacing");
 }
+
+#[test]
+fn integer_label_maps_read_directly_and_refuse_values_outside_u16() {
+    let dir = scratch("labels");
+    // The valid image's voxels are 0..=356: a label map, read without the float detour, that
+    // equals the image as floats.
+    let path = valid(&dir, "labels.nii.gz");
+    let (image, labels) = (
+        read_image(&path).expect("image"),
+        read_label_map(&path).expect("labels"),
+    );
+    assert_eq!(labels.data.mapv(f32::from), image.data);
+    assert_eq!(labels.spacing, image.spacing);
+    // A negative int16 voxel (the last one, x = 5, y = 4, z = 3 in the file's order).
+    let path = valid(&dir, "negative.nii");
+    let data_end = std::fs::metadata(&path).expect("size").len() as usize;
+    patch(&path, data_end - 2, &(-3i16).to_le_bytes());
+    let error = read_label_map(&path).expect_err("negative label").to_string();
+    assert!(error.contains("negative.nii") && error.contains("-3"), "{error}");
+    // scl_slope 2: scaled values, through floats.
+    let path = valid(&dir, "scaled.nii");
+    patch(&path, 112, &2f32.to_le_bytes());
+    let (image, labels) = (
+        read_image(&path).expect("image"),
+        read_label_map(&path).expect("labels"),
+    );
+    assert_eq!(labels.data.mapv(f32::from), image.data);
+    assert_eq!(labels.data[[3, 4, 5]], 2 * 345);
+}

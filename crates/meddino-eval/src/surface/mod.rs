@@ -45,8 +45,7 @@ fn distances_to(from: &Array3<bool>, to: &Array3<bool>, spacing: [f64; 3]) -> Op
     if !to.iter().any(|&t| t) {
         return None;
     }
-    let mut grid = to.mapv(|t| if t { 0.0 } else { f64::INFINITY });
-    squared_distance_transform(&mut grid, spacing);
+    let grid = squared_distance_transform(to, spacing);
     let mut distances = Vec::new();
     Zip::from(from).and(&grid).for_each(|&f, &d| {
         if f {

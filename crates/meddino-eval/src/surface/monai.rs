@@ -9,6 +9,7 @@
 //! - both masks empty gives NaN for every metric.
 
 use ndarray::{Array3, ArrayViewD};
+use rayon::prelude::*;
 
 use super::{check_percentile, check_tolerance, class_region, distances_to};
 use crate::grid::{crop_mask, BoundingBox, Dims, Grid};
@@ -87,23 +88,36 @@ fn directed_percentile(distances: &[f64], percentile: f64) -> f64 {
 
 /// MONAI's boundary voxels: in the mask, with a face neighbour (on the image's axes) outside
 /// it. The crop carries a background margin, so the array border never needs a special case.
+/// Planes run in parallel, each as flat slices (index arithmetic per voxel was the cost).
 fn boundary(mask: &Array3<bool>, dims: Dims) -> Array3<bool> {
-    let shape = mask.dim();
-    let shape = [shape.0, shape.1, shape.2];
-    Array3::from_shape_fn(mask.dim(), |(z, y, x)| {
-        if !mask[[z, y, x]] {
-            return false;
+    let (nz, ny, nx) = mask.dim();
+    let mask = mask.as_standard_layout();
+    let m = mask.as_slice().unwrap_or_default();
+    let plane = ny * nx;
+    let mut out = vec![false; m.len()];
+    let through_planes = dims == Dims::Three;
+    out.par_chunks_mut(plane.max(1)).enumerate().for_each(|(z, out_plane)| {
+        let base = z * plane;
+        for y in 0..ny {
+            for x in 0..nx {
+                let i = base + y * nx + x;
+                if !m[i] {
+                    continue;
+                }
+                let in_plane_edge = x == 0
+                    || x + 1 == nx
+                    || !m[i - 1]
+                    || !m[i + 1]
+                    || y == 0
+                    || y + 1 == ny
+                    || !m[i - nx]
+                    || !m[i + nx];
+                let across_planes = through_planes && (z == 0 || z + 1 == nz || !m[i - plane] || !m[i + plane]);
+                out_plane[y * nx + x] = in_plane_edge || across_planes;
+            }
         }
-        let index = [z, y, x];
-        dims.axes().any(|axis| {
-            let i = index[axis];
-            let mut lower = index;
-            let mut upper = index;
-            lower[axis] = i.wrapping_sub(1);
-            upper[axis] = i + 1;
-            i == 0 || i + 1 == shape[axis] || !mask[lower] || !mask[upper]
-        })
-    })
+    });
+    Array3::from_shape_vec((nz, ny, nx), out).unwrap_or_else(|_| Array3::from_elem((nz, ny, nx), false))
 }
 
 /// One direction as MONAI's `get_surface_distance(source, target)` computes it.

@@ -9,8 +9,8 @@
 
 use std::path::Path;
 
-use ndarray::{ArrayD, Axis};
-use nifti::{IntoNdArray, NiftiObject, ReaderOptions};
+use ndarray::{ArrayD, Axis, IxDyn};
+use nifti::{InMemNiftiVolume, IntoNdArray, NiftiObject, NiftiType, NiftiVolume, ReaderOptions};
 
 use super::geometry::{itk_geometry, ItkGeometry};
 use crate::error::{Error, Result};
@@ -43,10 +43,29 @@ pub struct LabelMap {
 /// When the file cannot be read or parsed (a truncated or corrupt file included), is not 2-D
 /// or 3-D, or has an invalid spacing; the error names the file.
 pub fn read_image(path: &Path) -> Result<Image> {
-    let nifti_error = |source| Error::Nifti {
+    let (header, volume) = open(path)?;
+    let volume = volume.into_ndarray::<f32>().map_err(|source| Error::Nifti {
         path: path.to_path_buf(),
         source,
-    };
+    })?;
+    let (shape, geometry) = array_shape(path, &header, volume.shape())?;
+    let mut volume = volume;
+    while volume.ndim() > shape.len() {
+        let last = Axis(volume.ndim() - 1);
+        volume = volume.index_axis_move(last, 0);
+    }
+    // The crate returns NIfTI (x, y, z) order in Fortran layout: reversing the axes gives
+    // (z, y, x) in C layout, which `as_standard_layout` then keeps without copying.
+    let data = volume.reversed_axes().as_standard_layout().into_owned();
+    Ok(Image {
+        data,
+        spacing: geometry.spacing.iter().rev().copied().collect(),
+        geometry,
+    })
+}
+
+/// Checks the header, then reads it and the voxel data (decompressed, not yet converted).
+fn open(path: &Path) -> Result<(nifti::NiftiHeader, InMemNiftiVolume)> {
     if !path.is_file() {
         let source = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
         return Err(Error::Io {
@@ -55,7 +74,10 @@ pub fn read_image(path: &Path) -> Result<Image> {
         });
     }
     check_header(path)?;
-    let object = ReaderOptions::new().read_file(path).map_err(nifti_error)?;
+    let object = ReaderOptions::new().read_file(path).map_err(|source| Error::Nifti {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let header = object.header().clone();
     // The nifti crate reads a single-file image's data right after the extensions whatever
     // vox_offset says; nibabel and SimpleITK seek to vox_offset. Refuse files where the two
@@ -70,33 +92,30 @@ pub fn read_image(path: &Path) -> Result<Image> {
             ),
         });
     }
-    let mut volume = object.into_volume().into_ndarray::<f32>().map_err(nifti_error)?;
-    while volume.ndim() > 3 && volume.shape().last() == Some(&1) {
-        let last = Axis(volume.ndim() - 1);
-        volume = volume.index_axis_move(last, 0);
+    Ok((header, object.into_volume()))
+}
+
+/// The array's NIfTI-order shape without trailing axes of length 1 beyond the third, and
+/// its geometry; refuses anything but 2-D and 3-D and invalid spacings.
+fn array_shape(path: &Path, header: &nifti::NiftiHeader, dims: &[usize]) -> Result<(Vec<usize>, ItkGeometry)> {
+    let mut shape = dims.to_vec();
+    while shape.len() > 3 && shape.last() == Some(&1) {
+        shape.pop();
     }
-    if !(2..=3).contains(&volume.ndim()) {
+    if !(2..=3).contains(&shape.len()) {
         return Err(Error::UnsupportedDimensionality {
             path: path.to_path_buf(),
-            shape: volume.shape().to_vec(),
+            shape,
         });
     }
-    // SimpleITK's spacing: the pixdims, or the sform's column lengths when that wins.
-    let geometry = itk_geometry(&header, volume.ndim());
+    let geometry = itk_geometry(header, shape.len());
     if geometry.spacing.iter().any(|s| !s.is_finite() || *s <= 0.0) {
         return Err(Error::InvalidSpacing {
             path: path.to_path_buf(),
             spacing: geometry.spacing,
         });
     }
-    // The crate returns NIfTI (x, y, z) order in Fortran layout: reversing the axes gives
-    // (z, y, x) in C layout, which `as_standard_layout` then keeps without copying.
-    let data = volume.reversed_axes().as_standard_layout().into_owned();
-    Ok(Image {
-        data,
-        spacing: geometry.spacing.iter().rev().copied().collect(),
-        geometry,
-    })
+    Ok((shape, geometry))
 }
 
 /// Promised data sizes above this are checked against the file before the nifti crate
@@ -182,21 +201,73 @@ fn check_header(path: &Path) -> Result<()> {
 /// As [`read_image`], and [`Error::NotALabelMap`] for a negative, fractional, too large or
 /// NaN value.
 pub fn read_label_map(path: &Path) -> Result<LabelMap> {
-    let image = read_image(path)?;
+    let (header, volume) = open(path)?;
+    let dims: Vec<usize> = volume.dim().iter().map(|&d| usize::from(d)).collect();
+    let unscaled = header.scl_slope == 0.0 || (header.scl_slope == 1.0 && header.scl_inter == 0.0);
+    // Integer voxels become labels directly: one pass, no float copy of the volume.
+    let labels = match (unscaled, volume.data_type()) {
+        (true, NiftiType::Uint8) => Some(Ok(typed::<u8>(path, volume)?.into_iter().map(u16::from).collect())),
+        (true, NiftiType::Int8) => Some(to_labels(typed::<i8>(path, volume)?)),
+        (true, NiftiType::Uint16) => Some(Ok(typed::<u16>(path, volume)?)),
+        (true, NiftiType::Int16) => Some(to_labels(typed::<i16>(path, volume)?)),
+        (true, NiftiType::Uint32) => Some(to_labels(typed::<u32>(path, volume)?)),
+        (true, NiftiType::Int32) => Some(to_labels(typed::<i32>(path, volume)?)),
+        (true, NiftiType::Uint64) => Some(to_labels(typed::<u64>(path, volume)?)),
+        (true, NiftiType::Int64) => Some(to_labels(typed::<i64>(path, volume)?)),
+        _ => None,
+    };
     let max = u16::MAX;
-    if let Some(&bad) = image
-        .data
-        .iter()
-        .find(|&&v| !(v >= 0.0 && v <= f32::from(max) && v.fract() == 0.0))
-    {
-        return Err(Error::NotALabelMap {
-            path: path.to_path_buf(),
-            value: f64::from(bad),
-            max,
+    let not_a_label_map = |value: f64| Error::NotALabelMap {
+        path: path.to_path_buf(),
+        value,
+        max,
+    };
+    let Some(labels) = labels else {
+        // Floats, or scaled integers: through f32 as SimpleITK reads them.
+        let image = read_image(path)?;
+        let values = image.data.as_slice().unwrap_or_default();
+        if let Some(&bad) = values
+            .iter()
+            .find(|&&v| !(v >= 0.0 && v <= f32::from(max) && v.fract() == 0.0))
+        {
+            return Err(not_a_label_map(f64::from(bad)));
+        }
+        return Ok(LabelMap {
+            data: image.data.mapv(|v| v as u16),
+            spacing: image.spacing,
         });
-    }
+    };
+    let labels = labels.map_err(not_a_label_map)?;
+    let (shape, geometry) = array_shape(path, &header, &dims)?;
+    // NIfTI's Fortran-order (x, y, z) voxels are the C-order (z, y, x) array.
+    let data =
+        ArrayD::from_shape_vec(IxDyn(&shape.iter().rev().copied().collect::<Vec<_>>()), labels).map_err(|e| {
+            Error::InvalidHeader {
+                path: path.to_path_buf(),
+                message: format!("dim {dims:?}: {e}"),
+            }
+        })?;
     Ok(LabelMap {
-        data: image.data.mapv(|v| v as u16),
-        spacing: image.spacing,
+        data,
+        spacing: geometry.spacing.iter().rev().copied().collect(),
     })
+}
+
+/// The voxels as the header's own integer type.
+fn typed<T: nifti::DataElement>(path: &Path, volume: InMemNiftiVolume) -> Result<Vec<T>> {
+    volume.into_nifti_typed_data::<T>().map_err(|source| Error::Nifti {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Integer voxels as labels, or the first value outside `0..=u16::MAX`.
+fn to_labels<T: Copy + Into<i128>>(values: Vec<T>) -> std::result::Result<Vec<u16>, f64> {
+    values
+        .into_iter()
+        .map(|v| {
+            let v: i128 = v.into();
+            u16::try_from(v).map_err(|_| v as f64)
+        })
+        .collect()
 }
