@@ -9,8 +9,13 @@
 #      same GPU (scripts/msda_torch_bench.py);
 #   3. a table of both;
 #   4. seconds per training step of the MedDINOv3 network (ViT-B/16 + Primus_Multiscale,
-#      AdamW, f32) on the GPU at 224², 448² and 896², batch 2 (train_step, Rust).
-# Exit status: non-zero when a check fails.
+#      AdamW, f32) on the GPU at 224², 448² and 896², batch 2 (train_step, Rust);
+#   5. issue 10's GPU goals: the bf16 matrix-product peak (matmul_bench, Rust, and one
+#      torch.matmul), the ViT-B/16 forward at 896² in bf16 (forward_bench, Rust), the same
+#      training step in PyTorch with bf16 autocast (scripts/bench/primus_torch.py), and one
+#      Markdown table "work | ours | reference | ratio | goal | met" (n/a where a part is
+#      missing or failed).
+# Exit status: non-zero when a check fails or a program crashes (a missed goal is not a failure).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [[ -f gpu/gpu_check.xz ]] || { echo "gpu/gpu_check.xz missing: run scripts/build-gpu-check.sh on the CPU machine and carry gpu/" >&2; exit 2; }
@@ -26,8 +31,13 @@ export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-"$python" -c 'import lzma, sys; open(sys.argv[2], "wb").write(lzma.open(sys.argv[1]).read())' gpu/gpu_check.xz "$work/gpu_check"
-chmod +x "$work/gpu_check"
+# unpack NAME: gpu/NAME.xz → $work/NAME (false when gpu/ lacks it).
+unpack() {
+  [[ -f gpu/$1.xz ]] || { echo "gpu/$1.xz missing: its rows are n/a" >&2; return 1; }
+  "$python" -c 'import lzma, sys; open(sys.argv[2], "wb").write(lzma.open(sys.argv[1]).read())' "gpu/$1.xz" "$work/$1"
+  chmod +x "$work/$1"
+}
+unpack gpu_check
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
 
 status=0
@@ -42,10 +52,72 @@ printf '%-40s %12s\n' "implementation" "median ms"
 printf '%-40s %12s\n' "meddino CUDA kernels" "${ours:-n/a}"
 printf '%-40s %12s\n' "PyTorch grid_sample + autograd" "${torch:-n/a}"
 
-if [[ -f gpu/train_step.xz ]]; then
-  "$python" -c 'import lzma, sys; open(sys.argv[2], "wb").write(lzma.open(sys.argv[1]).read())' gpu/train_step.xz "$work/train_step"
-  chmod +x "$work/train_step"
+if unpack train_step; then
   echo
-  "$work/train_step" --device cuda --sizes 224,448,896 --batch 2 --steps 3 || status=$?
+  "$work/train_step" --device cuda --sizes 224,448,896 --batch 2 --steps 3 | tee "$work/train_step.txt" || status=$?
 fi
+
+# Issue 10's GPU goals. Each part prints its key=value lines; a missing value is n/a.
+echo
+if unpack matmul_bench; then
+  "$work/matmul_bench" --device cuda --dtype bf16 --repeats 10 | tee "$work/matmul.txt" || status=$?
+fi
+# The same square product through PyTorch (cuBLAS too), so that the peak is not only what
+# candle's call of cuBLAS reaches.
+"$python" - <<'PY' | tee "$work/torch_matmul.txt" || status=$?
+import torch
+n, repeats = 8192, 20
+a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+for _ in range(3):
+    a @ b
+start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+start.record()
+for _ in range(repeats):
+    a @ b
+end.record()
+torch.cuda.synchronize()
+ms = start.elapsed_time(end) / repeats
+print(f"torch {n}x{n}x{n} bf16 matmul: {ms:.3f} ms")
+print(f"torch_peak_gflops={2 * n**3 / ms / 1e6:.1f}")
+PY
+if unpack forward_bench; then
+  "$work/forward_bench" --arch vit_base --size 896 --batch 1 --dtype bf16 --device cuda --repeats 10 \
+    | tee "$work/forward.txt" || status=$?
+fi
+"$python" scripts/bench/primus_torch.py --mode train-step --device cuda --size 896 --batch 2 --steps 5 \
+  --classes 4 --amp bf16 | tee "$work/torch_train.txt" || status=$?
+
+value() { [[ -f $2 ]] && sed -n "s/^$1=//p" "$2" | tail -n 1; true; }
+peak_candle=$(value peak_gflops "$work/matmul.txt")
+peak_torch=$(value torch_peak_gflops "$work/torch_matmul.txt")
+vit_gflop=$(value gflop "$work/forward.txt")
+vit_s=$(value median_s "$work/forward.txt")
+vit_gflops=$(value gflops "$work/forward.txt")
+ours_step=$([[ -f $work/train_step.txt ]] && sed -n 's/^| 896² | \([0-9.]*\) |.*/\1/p' "$work/train_step.txt"; true)
+torch_step=$(value median_s "$work/torch_train.txt")
+# The peak: the larger of the two bf16 matrix-product rates.
+peak=$(awk -v a="$peak_candle" -v b="$peak_torch" 'BEGIN { if (a == "" && b == "") exit; print (a + 0 > b + 0 ? a : b) }')
+
+# row WORK OURS REFERENCE GOAL_OP GOAL: ratio = ours / reference, "met" when ratio GOAL_OP GOAL.
+row() {
+  awk -v work="$1" -v ours="$2" -v ref="$3" -v op="$4" -v goal="$5" 'BEGIN {
+    ratio = "n/a"; met = "n/a"
+    if (ours != "" && ref != "" && ref + 0 > 0) {
+      r = ours / ref; ratio = sprintf("%.3f", r)
+      met = ((op == ">=" && r >= goal) || (op == "<=" && r <= goal)) ? "yes" : "no"
+    }
+    printf "| %s | %s | %s | %s | %s %s | %s |\n", work, (ours == "" ? "n/a" : ours), (ref == "" ? "n/a" : ref), ratio, (op == ">=" ? "≥" : "≤"), goal, met
+  }'
+}
+echo
+echo "issue 10, GPU goals ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1))"
+echo "ViT-B/16 896², batch 1: ${vit_gflop:-n/a} GFLOP per forward in ${vit_s:-n/a} s (bf16);" \
+     "bf16 matmul peak: candle ${peak_candle:-n/a}, torch ${peak_torch:-n/a} GFLOP/s"
+echo
+echo "| work | ours | reference | ratio | goal | met |"
+echo "|---|---:|---:|---:|---:|---|"
+row "ViT-B/16 forward, 896², batch 1, bf16: GFLOP/s vs the bf16 matmul peak" "$vit_gflops" "$peak" ">=" 0.5
+row "deformable attention forward+backward, Dino U-Net size, f32: ms, ours vs PyTorch grid_sample" "$ours" "$torch" "<=" 0.3
+row "training step, MedDINOv3 ViT-B + Primus_Multiscale, 896², batch 2, AdamW: s (ours f32, PyTorch bf16 autocast)" "$ours_step" "$torch_step" "<=" 1.0
 exit $status

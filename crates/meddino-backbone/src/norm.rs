@@ -50,10 +50,11 @@ pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> cand
     let xs = at_least_f32(xs)?;
     let centered = xs.broadcast_sub(&xs.mean_keepdim(D::Minus1)?)?;
     let variance = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    // Scale and shift in the statistics' precision too, whatever the weights' dtype.
     centered
         .broadcast_div(&(variance + eps)?.sqrt()?)?
-        .broadcast_mul(weight)?
-        .broadcast_add(bias)?
+        .broadcast_mul(&weight.to_dtype(xs.dtype())?)?
+        .broadcast_add(&bias.to_dtype(xs.dtype())?)?
         .to_dtype(dtype)
 }
 
@@ -74,7 +75,7 @@ impl Module for Norm {
                 let x = at_least_f32(xs)?;
                 let mean_square = x.sqr()?.mean_keepdim(D::Minus1)?;
                 x.broadcast_div(&(mean_square + *eps)?.sqrt()?)?
-                    .broadcast_mul(weight)?
+                    .broadcast_mul(&weight.to_dtype(x.dtype())?)?
                     .to_dtype(xs.dtype())
             }
         }
@@ -115,5 +116,28 @@ mod tests {
             .and_then(|l| l.backward())
             .expect("backward");
         assert!(grads.get(xs.as_tensor()).is_some(), "the graph reaches the input");
+    }
+
+    #[test]
+    fn reduced_precision_weights_normalise_in_f32() {
+        let dev = Device::Cpu;
+        let xs = Tensor::new(&[[1f32, 2.0, 4.0]], &dev)
+            .and_then(|x| x.to_dtype(DType::F16))
+            .expect("x");
+        let half = |v: &[f32]| Tensor::new(v, &dev).and_then(|t| t.to_dtype(DType::F16)).expect("half");
+        for norm in [
+            Norm::LayerNorm {
+                weight: half(&[1.0, 2.0, 0.5]),
+                bias: half(&[0.0, 1.0, 0.0]),
+                eps: 1e-6,
+            },
+            Norm::RmsNorm {
+                weight: half(&[1.0, 2.0, 0.5]),
+                eps: 1e-6,
+            },
+        ] {
+            let out = norm.forward(&xs).expect("f16 weights and input");
+            assert_eq!(out.dtype(), DType::F16, "{norm:?}");
+        }
     }
 }
