@@ -98,6 +98,7 @@ fn build_network(
 }
 
 fn main() -> Result<(), Error> {
+    meddino_train::allocator::keep_freed_pages();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str, default: &str| -> String {
         args.iter()

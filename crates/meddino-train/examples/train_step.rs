@@ -36,6 +36,7 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn main() -> Result<(), Error> {
+    meddino_train::allocator::keep_freed_pages();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str, default: &str| -> String {
         args.iter()

@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
 
+pub mod allocator;
 pub mod checkpoint;
 mod error;
 pub mod evaluation;
