@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use meddino::data::io::{read_images, remove_stale_temporaries, write_atomic};
 use meddino::data::preprocess::store::{class_locations, is_done, write_case};
-use meddino::data::preprocess::{preprocess_case, PreprocessingPlan};
+use meddino::data::preprocess::{preprocess_case_owned, PreprocessingPlan};
 use meddino::data::{Fingerprint, LabelValue, Plans, RawDataset};
 use rayon::prelude::*;
 
@@ -182,8 +182,9 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
                     }
                     let images = read_images(&case.images)?;
                     let label = read_images(std::slice::from_ref(&case.label))?;
-                    let preprocessed =
-                        preprocess_case(&images, Some(&label), &plan).with_context(|| format!("case {}", case.id))?;
+                    // Handed over: each array is dropped as soon as preprocessing is done with it.
+                    let preprocessed = preprocess_case_owned(images, Some(label), &plan)
+                        .with_context(|| format!("case {}", case.id))?;
                     let locations = class_locations(&preprocessed.seg, &classes);
                     write_case(&target, &case.id, &preprocessed, &locations)?;
                     bar.set_message(case.id.clone());

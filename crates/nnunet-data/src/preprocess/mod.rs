@@ -8,14 +8,14 @@ pub mod normalize;
 pub mod resample;
 pub mod store;
 
-use ndarray::{Array4, Axis};
+use ndarray::{Array4, Axis, CowArray, Ix4};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::crop::crop_to_nonzero;
+use crate::crop::{crop_to_nonzero_owned, Cropped};
 use crate::error::{Error, Result};
 use crate::fingerprint::IntensityProperties;
-use crate::io::Volume;
+use crate::io::{ItkGeometry, Volume};
 use normalize::Normalization;
 use resample::{new_shape, resample_data, resample_seg, separate_z_axis};
 
@@ -157,7 +157,53 @@ impl CaseProperties {
 ///
 /// When the plan's channels do not match the image's or the spacing is malformed.
 pub fn preprocess_case(images: &Volume, label: Option<&Volume>, plan: &PreprocessingPlan) -> Result<Preprocessed> {
-    let channels = images.data.dim().0;
+    let seg = label.map(|label| label.data.mapv(|v| v as i16));
+    preprocess_arrays(
+        CowArray::from(images.data.view()),
+        seg,
+        images.spacing,
+        &images.geometry,
+        plan,
+    )
+}
+
+/// [`preprocess_case`] of volumes the caller gives up, with the same result: each array is
+/// dropped as soon as it is used, and what needs no change (the transpose, crop or resampling
+/// of most CT) is kept instead of copied, so a case needs little more than its own size.
+///
+/// # Errors
+///
+/// As [`preprocess_case`].
+pub fn preprocess_case_owned(images: Volume, label: Option<Volume>, plan: &PreprocessingPlan) -> Result<Preprocessed> {
+    let seg = label.map(|label| label.data.mapv(|v| v as i16));
+    let Volume {
+        data,
+        spacing,
+        geometry,
+    } = images;
+    preprocess_arrays(CowArray::from(data), seg, spacing, &geometry, plan)
+}
+
+/// `array` with its axes permuted by `order`, in standard layout (copied only when needed).
+fn transposed<A: Clone>(array: CowArray<'_, A, Ix4>, order: [usize; 4]) -> Array4<A> {
+    let permuted = array.permuted_axes(order);
+    if permuted.is_standard_layout() {
+        permuted.into_owned()
+    } else {
+        permuted.as_standard_layout().into_owned()
+    }
+}
+
+/// The steps of [`preprocess_case`] on the image data (C, Z, Y, X) and the label converted
+/// to i16, both in reader order.
+fn preprocess_arrays(
+    data: CowArray<'_, f32, Ix4>,
+    seg: Option<Array4<i16>>,
+    spacing: [f64; 3],
+    geometry: &ItkGeometry,
+    plan: &PreprocessingPlan,
+) -> Result<Preprocessed> {
+    let channels = data.dim().0;
     if plan.normalization.len() != channels {
         return Err(Error::Plan(format!(
             "the configuration normalises {} channel(s), the case has {channels}",
@@ -166,28 +212,23 @@ pub fn preprocess_case(images: &Volume, label: Option<&Volume>, plan: &Preproces
     }
     let tf = plan.transpose_forward;
     let order = [0, 1 + tf[0], 1 + tf[1], 1 + tf[2]];
-    let data = images
-        .data
-        .view()
-        .permuted_axes(order)
-        .as_standard_layout()
-        .into_owned();
-    let seg = match label {
-        Some(label) => label
-            .data
-            .mapv(|v| v as i16)
-            .permuted_axes(order)
-            .as_standard_layout()
-            .into_owned(),
+    let data = transposed(data, order);
+    let seg = match seg {
+        Some(seg) => transposed(CowArray::from(seg), order),
         None => {
             let (_, z, y, x) = data.dim();
             Array4::<i16>::zeros((1, z, y, x))
         }
     };
-    let spacing = tf.map(|a| images.spacing[a]);
+    let original_spacing = spacing;
+    let spacing = tf.map(|a| original_spacing[a]);
     let shape_before = [data.dim().1, data.dim().2, data.dim().3];
-    let mut cropped = crop_to_nonzero(data.view(), seg.view());
-    let shape_after = [cropped.data.dim().1, cropped.data.dim().2, cropped.data.dim().3];
+    let Cropped {
+        data: mut cropped,
+        seg: cropped_seg,
+        bbox,
+    } = crop_to_nonzero_owned(data, seg);
+    let shape_after = [cropped.dim().1, cropped.dim().2, cropped.dim().3];
     let target = plan.target_spacing(spacing)?;
     let shape = new_shape(shape_after, spacing, target);
     if shape.contains(&0) {
@@ -196,25 +237,32 @@ pub fn preprocess_case(images: &Volume, label: Option<&Volume>, plan: &Preproces
              the image has no voxels left ({shape:?})"
         )));
     }
-    let seg0 = cropped.seg.index_axis(Axis(0), 0).to_owned();
-    for (c, mut channel) in cropped.data.outer_iter_mut().enumerate() {
+    let seg0 = cropped_seg.index_axis(Axis(0), 0);
+    for (c, mut channel) in cropped.outer_iter_mut().enumerate() {
         plan.normalization[c].apply(
             channel.view_mut(),
-            seg0.view(),
+            seg0,
             plan.use_mask_for_norm.get(c).copied().unwrap_or(false),
             plan.intensity_properties.get(c).and_then(Option::as_ref),
         )?;
     }
     let separate = separate_z_axis(spacing, target);
-    let resampled: Vec<_> = cropped
-        .data
-        .outer_iter()
-        .map(|c| resample_data(c, shape, separate))
-        .collect();
-    let views: Vec<_> = resampled.iter().map(|c| c.view()).collect();
-    let data = ndarray::stack(Axis(0), &views).unwrap_or_else(|_| unreachable!("channels share a shape"));
-    let seg = resample_seg(seg0.view(), shape, separate).insert_axis(Axis(0));
-    let geometry = &images.geometry;
+    // Resampling to the same shape gives its input back (data and seg alike).
+    let data = if shape == shape_after {
+        cropped
+    } else {
+        let mut out = Array4::<f32>::zeros((channels, shape[0], shape[1], shape[2]));
+        for (mut target, channel) in out.outer_iter_mut().zip(cropped.outer_iter()) {
+            target.assign(&resample_data(channel, shape, separate));
+        }
+        drop(cropped);
+        out
+    };
+    let seg = if shape == shape_after && cropped_seg.dim().0 == 1 {
+        cropped_seg
+    } else {
+        resample_seg(seg0, shape, separate).insert_axis(Axis(0))
+    };
     Ok(Preprocessed {
         data,
         seg,
@@ -224,9 +272,9 @@ pub fn preprocess_case(images: &Volume, label: Option<&Volume>, plan: &Preproces
                 origin: geometry.origin.clone(),
                 direction: geometry.direction.clone(),
             },
-            spacing: images.spacing,
+            spacing: original_spacing,
             shape_before_cropping: shape_before,
-            bbox_used_for_cropping: cropped.bbox,
+            bbox_used_for_cropping: bbox,
             shape_after_cropping_and_before_resampling: shape_after,
         },
     })

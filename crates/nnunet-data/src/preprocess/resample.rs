@@ -86,11 +86,12 @@ fn resample_line(line: ArrayView1<'_, f64>, out_len: usize, order: u8, out: &mut
     }
 }
 
-/// Resamples `volume` along `axis` to `out_len` samples.
-fn resample_axis(volume: &Array3<f64>, axis: usize, out_len: usize, order: u8) -> Array3<f64> {
+/// Resamples `volume` along `axis` to `out_len` samples (returned as it is when its length
+/// already is `out_len`).
+fn resample_axis(volume: Array3<f64>, axis: usize, out_len: usize, order: u8) -> Array3<f64> {
     let mut shape = [volume.dim().0, volume.dim().1, volume.dim().2];
     if shape[axis] == out_len {
-        return volume.clone();
+        return volume;
     }
     shape[axis] = out_len;
     let mut out = Array3::<f64>::zeros(shape);
@@ -104,15 +105,15 @@ fn resample_axis(volume: &Array3<f64>, axis: usize, out_len: usize, order: u8) -
     out
 }
 
-/// skimage's `resize` of a volume (or a (1, H, W) slice stack treated as 2-D when
-/// `in_plane_only`), clipped to the input's range.
-fn resize(volume: &Array3<f64>, shape: [usize; 3], order: u8, axes: &[usize]) -> Array3<f64> {
+/// skimage's `resize` of a volume along `axes` (the others keep their length), clipped to
+/// the input's range. Consumes `volume`: an axis whose length does not change costs nothing.
+fn resize(volume: Array3<f64>, shape: [usize; 3], order: u8, axes: &[usize]) -> Array3<f64> {
     let (lo, hi) = volume.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
         (lo.min(v), hi.max(v))
     });
-    let mut out = volume.clone();
+    let mut out = volume;
     for &axis in axes {
-        out = resample_axis(&out, axis, shape[axis], order);
+        out = resample_axis(out, axis, shape[axis], order);
     }
     if order > 0 {
         out.mapv_inplace(|v| v.clamp(lo, hi));
@@ -159,35 +160,67 @@ fn resample_channel(
     if channel.shape() == shape {
         return channel.to_owned();
     }
-    let volume = channel.mapv(f64::from);
-    let out = match separate {
-        None => resize(&volume, shape, order, &[0, 1, 2]),
-        Some(axis) => per_slice(&volume, shape, axis, |slice, s| {
-            resize(slice, s, order, &in_plane(axis))
-        }),
-    };
-    out.mapv(|v| v as f32)
+    match separate {
+        None => resize(channel.mapv(f64::from), shape, order, &[0, 1, 2]).mapv(|v| v as f32),
+        Some(axis) => {
+            let mut out = Array3::<f32>::zeros(shape);
+            per_slice(
+                channel.len_of(Axis(axis)),
+                shape,
+                axis,
+                |i, slice_shape| {
+                    let slice = channel.slice_axis(Axis(axis), ndarray::Slice::from(i..=i));
+                    resize(slice.mapv(f64::from), slice_shape, order, &in_plane(axis))
+                },
+                |o, slice| {
+                    Zip::from(out.slice_axis_mut(Axis(axis), ndarray::Slice::from(o..=o)))
+                        .and(slice)
+                        .for_each(|t, &v| *t = v as f32);
+                },
+            );
+            out
+        }
+    }
 }
 
 /// Resamples a segmentation: for each label in ascending order (−1 first), its one-hot mask
 /// resized with order 1 claims the voxels where it reaches 0.5; later labels win; unclaimed
-/// voxels are 0. Along a separate axis, nearest slice.
+/// voxels are 0. Along a separate axis, nearest slice. The same shape gives the input back
+/// (what the masks give then).
 pub fn resample_seg(seg: ArrayView3<'_, i16>, shape: [usize; 3], separate: Option<usize>) -> Array3<i16> {
-    let mut labels: Vec<i16> = seg.iter().copied().collect();
-    labels.sort_unstable();
-    labels.dedup();
+    if seg.shape() == shape {
+        return seg.to_owned();
+    }
+    let mut present = vec![false; 1 << 16];
+    seg.iter().for_each(|&v| present[usize::from(v as u16)] = true);
+    // Ascending i16 order: the negative labels' bit patterns come after the positive ones.
+    let labels = (i16::MIN..=i16::MAX).filter(|&v| present[usize::from(v as u16)]);
     let mut out = Array3::<i16>::zeros(shape);
     for label in labels {
-        let mask = seg.mapv(|v| f64::from(u8::from(v == label)));
-        let resized = match separate {
-            None => resize(&mask, shape, 1, &[0, 1, 2]),
-            Some(axis) => per_slice(&mask, shape, axis, |slice, s| resize(slice, s, 1, &in_plane(axis))),
+        let mask = |seg: ArrayView3<'_, i16>| seg.mapv(|v| f64::from(u8::from(v == label)));
+        let claim = |out: ndarray::ArrayViewMut3<'_, i16>, resized: ArrayView3<'_, f64>| {
+            Zip::from(out).and(resized).for_each(|o, &r| {
+                if r >= 0.5 {
+                    *o = label;
+                }
+            });
         };
-        Zip::from(&mut out).and(&resized).for_each(|o, &r| {
-            if r >= 0.5 {
-                *o = label;
-            }
-        });
+        match separate {
+            None => claim(out.view_mut(), resize(mask(seg), shape, 1, &[0, 1, 2]).view()),
+            Some(axis) => per_slice(
+                seg.len_of(Axis(axis)),
+                shape,
+                axis,
+                |i, slice_shape| {
+                    let slice = seg.slice_axis(Axis(axis), ndarray::Slice::from(i..=i));
+                    resize(mask(slice), slice_shape, 1, &in_plane(axis))
+                },
+                |o, slice| {
+                    let target = out.slice_axis_mut(Axis(axis), ndarray::Slice::from(o..=o));
+                    claim(target, slice);
+                },
+            ),
+        }
     }
     out
 }
@@ -196,23 +229,43 @@ fn in_plane(axis: usize) -> Vec<usize> {
     (0..3).filter(|&a| a != axis).collect()
 }
 
-/// Applies `resize_slice` to each slice along `axis` (in-plane to `shape`), then takes the
-/// nearest slice along `axis` when its length changes (order_z = 0).
+/// Which input slice each of `out_len` output slices takes along a separate axis: the
+/// order-0 zoom of [`resample_line`] (identity when the length stays).
+fn nearest_slices(in_len: usize, out_len: usize) -> Vec<usize> {
+    if in_len == out_len || in_len == 0 {
+        return (0..in_len).collect();
+    }
+    let scale = in_len as f64 / out_len as f64;
+    let last = in_len as isize - 1;
+    (0..out_len)
+        .map(|o| {
+            let position = (o as f64 + 0.5) * scale - 0.5;
+            (position + 0.5).floor().clamp(0.0, last as f64) as usize
+        })
+        .collect()
+}
+
+/// Resamples slice by slice along `axis`: `resize_slice(i, slice_shape)` gives input slice `i`
+/// resized in-plane (a (1, Y, X)-like array, the axis of length 1), and `emit(o, slice)`
+/// receives it for each output slice `o` that takes it by nearest slice (order_z = 0), in
+/// output order; each input slice is resized at most once and only one is held at a time.
 fn per_slice(
-    volume: &Array3<f64>,
+    in_len: usize,
     shape: [usize; 3],
     axis: usize,
-    resize_slice: impl Fn(&Array3<f64>, [usize; 3]) -> Array3<f64>,
-) -> Array3<f64> {
+    resize_slice: impl Fn(usize, [usize; 3]) -> Array3<f64>,
+    mut emit: impl FnMut(usize, ArrayView3<'_, f64>),
+) {
     let mut slice_shape = shape;
     slice_shape[axis] = 1;
-    let slices: Vec<Array3<f64>> = volume
-        .axis_iter(Axis(axis))
-        .map(|slice| resize_slice(&slice.insert_axis(Axis(axis)).to_owned(), slice_shape))
-        .collect();
-    let views: Vec<_> = slices.iter().map(|s| s.view()).collect();
-    let stacked = ndarray::concatenate(Axis(axis), &views).unwrap_or_else(|_| unreachable!("slices share a shape"));
-    resample_axis(&stacked, axis, shape[axis], 0)
+    let mut current: Option<(usize, Array3<f64>)> = None;
+    for (o, i) in nearest_slices(in_len, shape[axis]).into_iter().enumerate() {
+        let slice = match current {
+            Some((held, ref slice)) if held == i => slice,
+            _ => &current.insert((i, resize_slice(i, slice_shape))).1,
+        };
+        emit(o, slice.view());
+    }
 }
 
 /// `compute_new_shape`: `round(old_spacing / new_spacing · old_shape)` per axis (ties to even).

@@ -22,14 +22,56 @@ use crate::random::RandomState;
 /// `[0, z, y, x]` (at least 1 % of the class), drawn without replacement by one legacy
 /// `RandomState(1234)` shared by the classes in order. Absent classes get no locations.
 pub fn class_locations(seg: &Array4<i16>, classes: &[i16]) -> Vec<(i16, Vec<[usize; 4]>)> {
+    // The class's voxels and their permutation are held as flat indices, 4 bytes each when
+    // the volume allows (a large organ has millions of voxels).
+    if u32::try_from(seg.len()).is_ok() {
+        sample_locations::<u32>(seg, classes)
+    } else {
+        sample_locations::<usize>(seg, classes)
+    }
+}
+
+/// A flat voxel index, stored as `u32` when the volume allows.
+trait FlatIndex: Copy {
+    /// `i`, which the caller knows fits.
+    fn new(i: usize) -> Self;
+    fn get(self) -> usize;
+}
+
+impl FlatIndex for u32 {
+    fn new(i: usize) -> Self {
+        i as u32
+    }
+
+    fn get(self) -> usize {
+        self as usize
+    }
+}
+
+impl FlatIndex for usize {
+    fn new(i: usize) -> Self {
+        i
+    }
+
+    fn get(self) -> usize {
+        self
+    }
+}
+
+/// [`class_locations`] with flat indices of type `I` (every index of `seg` must fit).
+fn sample_locations<I: FlatIndex>(seg: &Array4<i16>, classes: &[i16]) -> Vec<(i16, Vec<[usize; 4]>)> {
+    let (_, nz, ny, nx) = seg.dim();
+    let unravel = |i: usize| [i / (nz * ny * nx), i / (ny * nx) % nz, i / nx % ny, i % nx];
     let mut rng = RandomState::new(1234);
     classes
         .iter()
         .map(|&class| {
-            let all: Vec<[usize; 4]> = seg
-                .indexed_iter()
+            // Flat indices in logical (C) order, the order of `argwhere`.
+            let all: Vec<I> = seg
+                .iter()
+                .enumerate()
                 .filter(|(_, &v)| v == class)
-                .map(|((c, z, y, x), _)| [c, z, y, x])
+                .map(|(i, _)| I::new(i))
                 .collect();
             let total = all.len();
             if total == 0 {
@@ -37,9 +79,10 @@ pub fn class_locations(seg: &Array4<i16>, classes: &[i16]) -> Vec<(i16, Vec<[usi
             }
             let k = total.min(10_000).max((total as f64 * 0.01).ceil() as usize);
             // choice(total, k, replace=False): the first k of a permutation of 0..total.
-            let mut order: Vec<usize> = (0..total).collect();
+            let mut order: Vec<I> = (0..total).map(I::new).collect();
             rng.shuffle(&mut order);
-            (class, order[..k].iter().map(|&i| all[i]).collect())
+            let chosen = order[..k].iter().map(|&i| unravel(all[i.get()].get())).collect();
+            (class, chosen)
         })
         .collect()
 }
