@@ -71,7 +71,9 @@ fn bench(pred: &Path, labels: &Path, dataset: &Path, method: SurfaceMethod) -> R
         .par_iter()
         .map(|p| {
             let name = p.file_name().map(|n| n.to_owned()).unwrap_or_default();
-            Ok((read_label_map(p)?, read_label_map(&labels.join(name))?))
+            // Both files of a pair at once: 3 pairs would leave one of 2 threads idle.
+            let (prediction, label) = rayon::join(|| read_label_map(p), || read_label_map(&labels.join(name)));
+            Ok((prediction?, label?))
         })
         .collect::<Result<Vec<_>, nnunet_data::Error>>()?;
     let read = start.elapsed().as_secs_f64();

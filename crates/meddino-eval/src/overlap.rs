@@ -82,6 +82,17 @@ fn include(bbox: &mut Option<BoundingBox>, index: [usize; 3]) {
     }
 }
 
+/// Voxels checked at once for a run of background in [`class_stats`].
+const SKIP_CHUNK: usize = 32;
+
+/// A row as a slice: borrowed, or copied for views in another layout.
+fn row_slice<L: Clone>(row: ndarray::ArrayView1<'_, L>) -> std::borrow::Cow<'_, [L]> {
+    match row.to_slice() {
+        Some(values) => std::borrow::Cow::Borrowed(values),
+        None => std::borrow::Cow::Owned(row.to_vec()),
+    }
+}
+
 /// Counts and boxes for each of `classes` (in that order), in one parallel pass over rows.
 pub(crate) fn class_stats<L: Copy + PartialEq + Sync>(
     prediction: &Grid<'_, L>,
@@ -111,23 +122,41 @@ pub(crate) fn class_stats<L: Copy + PartialEq + Sync>(
                         index
                     }
                 };
-                for (x, (&p, &r)) in p_row.iter().zip(r_row.iter()).enumerate() {
+                let (p_row, r_row) = (row_slice(p_row), row_slice(r_row));
+                let mut x = 0;
+                while x < p_row.len() {
+                    // Skip whole chunks of one label that is in no class (background),
+                    // compared branch-free so that the check vectorises.
+                    let end = (x + SKIP_CHUNK).min(p_row.len());
+                    let first = p_row[x];
+                    if end - x == SKIP_CHUNK
+                        && class_index(first).is_none()
+                        && p_row[x..end]
+                            .iter()
+                            .zip(&r_row[x..end])
+                            .fold(true, |same, (&p, &r)| same & (p == first) & (r == first))
+                    {
+                        x = end;
+                        continue;
+                    }
+                    let (p, r, here) = (p_row[x], r_row[x], x);
+                    x += 1;
                     if p == r {
                         if let Some(c) = class_index(p) {
                             let s = &mut stats[c];
                             s.counts.true_positives += 1;
-                            include(&mut s.prediction_box, [z, y, x]);
-                            include(&mut s.reference_box, [z, y, x]);
+                            include(&mut s.prediction_box, [z, y, here]);
+                            include(&mut s.reference_box, [z, y, here]);
                         }
                         continue;
                     }
                     if let Some(c) = class_index(p) {
                         stats[c].counts.false_positives += 1;
-                        include(&mut stats[c].prediction_box, [z, y, x]);
+                        include(&mut stats[c].prediction_box, [z, y, here]);
                     }
                     if let Some(c) = class_index(r) {
                         stats[c].counts.false_negatives += 1;
-                        include(&mut stats[c].reference_box, [z, y, x]);
+                        include(&mut stats[c].reference_box, [z, y, here]);
                     }
                 }
                 stats
@@ -153,6 +182,75 @@ mod tests {
 
     use super::*;
     use crate::grid::grids;
+
+    /// Counts and boxes by visiting every voxel, for comparison.
+    fn brute_force(
+        p: &ndarray::Array3<u8>,
+        r: &ndarray::Array3<u8>,
+        classes: &[u8],
+    ) -> Vec<(Counts, [Option<BoundingBox>; 2])> {
+        classes
+            .iter()
+            .map(|&c| {
+                let (mut counts, mut boxes) = (Counts::default(), [None, None]);
+                for ((z, y, x), &pv) in p.indexed_iter() {
+                    let rv = r[[z, y, x]];
+                    match (pv == c, rv == c) {
+                        (true, true) => counts.true_positives += 1,
+                        (true, false) => counts.false_positives += 1,
+                        (false, true) => counts.false_negatives += 1,
+                        (false, false) => counts.true_negatives += 1,
+                    }
+                    for (k, inside) in [pv == c, rv == c].into_iter().enumerate() {
+                        if inside {
+                            include(&mut boxes[k], [z, y, x]);
+                        }
+                    }
+                }
+                (counts, boxes)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn long_rows_with_background_runs_and_other_layouts_count_every_voxel() {
+        // Background runs longer and shorter than the skipped chunks, labels outside the
+        // classes (7), and a transposed (non-contiguous) view.
+        let label = |z: usize, y: usize, x: usize, shift: usize| -> u8 {
+            match (x * 7 + y * 13 + z * 5 + shift) % 97 {
+                0..=60 => 0,
+                61..=70 => 1,
+                71..=80 => 2,
+                81..=90 => 7,
+                _ => 3,
+            }
+        };
+        let p = ndarray::Array3::from_shape_fn((3, 5, 150), |(z, y, x)| if x < 70 { 0 } else { label(z, y, x, 0) });
+        let r = ndarray::Array3::from_shape_fn((3, 5, 150), |(z, y, x)| if x < 40 { 0 } else { label(z, y, x, 3) });
+        let classes = [1u8, 2, 3];
+        for (p, r) in [
+            (p.clone(), r.clone()),
+            (
+                p.clone().reversed_axes().as_standard_layout().into_owned(),
+                r.clone().reversed_axes().as_standard_layout().into_owned(),
+            ),
+        ] {
+            let expected = brute_force(&p, &r, &classes);
+            // The same maps as views of reversed storage: rows are not contiguous.
+            let (p_t, r_t) = (
+                p.t().as_standard_layout().into_owned(),
+                r.t().as_standard_layout().into_owned(),
+            );
+            for (pv, rv) in [(p.view(), r.view()), (p_t.t(), r_t.t())] {
+                let (pg, rg) = grids(pv.into_dyn(), rv.into_dyn(), &[1.0, 1.0, 1.0]).expect("valid");
+                let stats = class_stats(&pg, &rg, &classes);
+                for (s, (counts, boxes)) in stats.iter().zip(&expected) {
+                    assert_eq!(s.counts, *counts);
+                    assert_eq!([s.prediction_box, s.reference_box], *boxes);
+                }
+            }
+        }
+    }
 
     #[test]
     fn counts_and_boxes_per_class() {
