@@ -185,14 +185,14 @@ def table(benches_run, args, python):
     rows.append("|---|---:|---:|---:|---:|:---:|")
 
     def fmt(values, unit):
-        return " / ".join(f"{v:.3g} {unit}" for v in values)
+        return " / ".join(f"{v:.0f} {unit}" if unit == "MB" else f"{v:.3g} {unit}" for v in values)
 
     def row(work, ours, reference, goal, unit):
         if not reference:
             rows.append(f"| {work} | {fmt(ours, unit)} | – | – | ≤ {goal} | – |")
             return
         r = ratio(ours, reference)
-        rows.append(f"| {work} | {fmt(ours, unit)} | {fmt(reference, unit)} | {r:.2f} | ≤ {goal} | "
+        rows.append(f"| {work} | {fmt(ours, unit)} | {fmt(reference, unit)} | {r:.3f} | ≤ {goal} | "
                     f"{'yes' if r <= goal else 'no'} |")
 
     for b in benches_run:
