@@ -28,8 +28,10 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_nn::{VarBuilder, VarMap};
-use meddino_backbone::candle::{DType, Device, Tensor};
+use clap::Parser;
+use meddino_backbone::candle::{DType, Tensor};
 use meddino_backbone::{Config, DinoVisionTransformer, FfnLayer};
+use meddino_testutil::bench;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -54,37 +56,39 @@ fn forward_flops(cfg: &Config, size: usize, batch: usize) -> f64 {
     batch as f64 * (patch_embed + cfg.depth as f64 * (qkv + proj + ffn + attention))
 }
 
-/// A field of this process's `/proc/self/status` (`VmRSS`, `VmHWM`), in MiB.
-fn memory_mib(field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+/// Flags (see the module documentation).
+#[derive(Debug, Parser)]
+struct Args {
+    /// A preset name (`vit_base`, `meddinov3_vitb16`, …).
+    #[arg(long, default_value = "vit_base")]
+    arch: String,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 448)]
+    size: usize,
+    /// Timed passes (after one warm-up pass).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    repeats: u64,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Weights and input: `f32` or `bf16`.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    dtype: String,
 }
 
 fn main() -> Result<(), Error> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str, default: &str| -> String {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-            .unwrap_or_else(|| default.to_string())
-    };
-    let arch = flag("--arch", "vit_base");
-    let size: usize = flag("--size", "448").parse()?;
-    let repeats: usize = flag("--repeats", "3").parse::<usize>()?.max(1);
-    let batch: usize = flag("--batch", "1").parse()?;
-    let device = match flag("--device", "cpu").as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0)?,
-        other => return Err(format!("unknown device {other:?}: cpu or cuda").into()),
-    };
-    let dtype = match flag("--dtype", "f32").as_str() {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        other => return Err(format!("unknown dtype {other:?}: f32 or bf16").into()),
-    };
+    let Args {
+        arch,
+        size,
+        repeats,
+        batch,
+        device,
+        dtype,
+    } = Args::parse();
+    let device = bench::device(&device)?;
+    let dtype = if dtype == "bf16" { DType::BF16 } else { DType::F32 };
     let cfg = Config::preset(&arch)?;
     // Random weights drawn as variables, then loaded as plain tensors, as `meddino predict`
     // loads a checkpoint: no autograd graph is kept alive by the outputs. They are drawn in
@@ -104,8 +108,8 @@ fn main() -> Result<(), Error> {
     println!("gflop={:.1}", flops / 1e9);
     eprintln!(
         "after init: rss {:?} MiB, peak {:?} MiB",
-        memory_mib("VmRSS:"),
-        memory_mib("VmHWM:")
+        bench::memory_mib("VmRSS"),
+        bench::memory_mib("VmHWM")
     );
 
     // One untimed pass warms allocators and (on CUDA) loads the kernels.
@@ -117,10 +121,10 @@ fn main() -> Result<(), Error> {
         .to_scalar::<f32>()?;
     eprintln!(
         "after warm-up: rss {:?} MiB, peak {:?} MiB",
-        memory_mib("VmRSS:"),
-        memory_mib("VmHWM:")
+        bench::memory_mib("VmRSS"),
+        bench::memory_mib("VmHWM")
     );
-    let mut times = Vec::with_capacity(repeats);
+    let mut times = Vec::with_capacity(repeats as usize);
     for i in 0..repeats {
         let start = Instant::now();
         let features = model.forward_features(&xs)?;

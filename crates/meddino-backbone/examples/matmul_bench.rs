@@ -10,30 +10,31 @@
 
 use std::time::Instant;
 
-use meddino_backbone::candle::{DType, Device, Tensor};
+use clap::Parser;
+use meddino_backbone::candle::{DType, Tensor};
+use meddino_testutil::bench;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// Flags (see the module documentation).
+#[derive(Debug, Parser)]
+struct Args {
+    /// Timed products per shape.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    repeats: u64,
+    /// `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// `f32` or `bf16`.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    dtype: String,
+}
+
 fn main() -> Result<(), Error> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str, default: &str| -> String {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-            .unwrap_or_else(|| default.to_string())
-    };
-    let repeats: usize = flag("--repeats", "10").parse::<usize>()?.max(1);
-    let device = match flag("--device", "cpu").as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0)?,
-        other => return Err(format!("unknown device {other:?}: cpu or cuda").into()),
-    };
-    let dtype = match flag("--dtype", "f32").as_str() {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        other => return Err(format!("unknown dtype {other:?}: f32 or bf16").into()),
-    };
+    let args = Args::parse();
+    let repeats = args.repeats as usize;
+    let device = bench::device(&args.device)?;
+    let dtype = if args.dtype == "bf16" { DType::BF16 } else { DType::F32 };
     let large = if device.is_cuda() { 8192 } else { 2048 };
     // (batch, m, k, n): square, and the ViT-B/16 448² shapes (789 tokens): qkv, mlp fc1,
     // mlp fc2, per-head attention scores.

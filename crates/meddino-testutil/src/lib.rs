@@ -31,6 +31,8 @@
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
 
+#[cfg(feature = "candle")]
+pub mod bench;
 pub mod compare;
 pub mod load;
 pub mod reference;

@@ -26,7 +26,9 @@ use std::sync::PoisonError;
 use std::time::Instant;
 
 use candle_nn::{VarBuilder, VarMap};
+use clap::Parser;
 use meddino_backbone::RopeDtype;
+use meddino_testutil::bench;
 use meddino_train::candle::{DType, Device, Tensor};
 use meddino_train::decoder::SegmentationNetwork;
 use meddino_train::init::seeded_var_builder;
@@ -44,16 +46,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const TRAINER: &str = "meddinov3_base_primus_multiscale_Trainer";
 
-/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 fn print_peak_rss() {
-    match peak_rss_mib() {
+    match bench::memory_mib("VmHWM") {
         Some(mib) => println!("peak_rss_mib={mib:.0}"),
         None => println!("peak_rss_mib=n/a"),
     }
@@ -97,49 +91,76 @@ fn build_network(
     )?)
 }
 
+/// Flags (see the module documentation).
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, default_value = "forward", value_parser = ["forward", "predict"])]
+    mode: String,
+    /// Threads (sets `RAYON_NUM_THREADS` before any pool starts); 0 keeps the default.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    #[arg(long, default_value_t = 6)]
+    classes: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// RoPE precision: `bf16` (MedDINOv3) or `fp32` (transformers).
+    #[arg(long, default_value = "bf16", value_parser = ["bf16", "fp32"])]
+    rope: String,
+    /// `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value = "vit_base")]
+    backbone: String,
+    /// forward: image side.
+    #[arg(long, default_value_t = 448)]
+    size: usize,
+    /// forward: timed passes (after one warm-up pass).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    repeats: u64,
+    /// forward: images per pass.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// predict: the volume's slices, height and width.
+    #[arg(long, default_value_t = 16)]
+    slices: usize,
+    #[arg(long, default_value_t = 256)]
+    height: usize,
+    #[arg(long, default_value_t = 256)]
+    width: usize,
+    /// predict: the 2-D patch side and the tile step (fraction of the patch).
+    #[arg(long, default_value_t = 224)]
+    patch: usize,
+    #[arg(long, default_value_t = 0.5)]
+    step: f64,
+    /// predict: tiles per forward pass.
+    #[arg(long, default_value_t = 4)]
+    tile_batch: usize,
+}
+
 fn main() -> Result<(), Error> {
     meddino_train::allocator::keep_freed_pages();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str, default: &str| -> String {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-            .unwrap_or_else(|| default.to_string())
-    };
-    let threads: usize = flag("--threads", "2").parse()?;
-    if threads > 0 {
+    let args = Args::parse();
+    if args.threads > 0 {
         // Before anything starts a thread pool: rayon and candle's matmul read it.
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
     }
-    let mode = flag("--mode", "forward");
-    if mode != "forward" && mode != "predict" {
-        return Err(format!("unknown --mode {mode:?}: forward or predict").into());
-    }
-    let classes: usize = flag("--classes", "6").parse()?;
-    let seed: u64 = flag("--seed", "0").parse()?;
-    let rope = match flag("--rope", "bf16").as_str() {
-        "bf16" => RopeDtype::Bf16,
-        "fp32" => RopeDtype::Fp32,
-        other => return Err(format!("unknown --rope {other:?}: bf16 or fp32").into()),
+    let classes = args.classes;
+    let rope = if args.rope == "fp32" {
+        RopeDtype::Fp32
+    } else {
+        RopeDtype::Bf16
     };
-    let device = match flag("--device", "cpu").as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0)?,
-        other => return Err(format!("unknown device {other:?}: cpu or cuda").into()),
-    };
-    let network = build_network(&flag("--backbone", "vit_base"), rope, classes, seed, &device)?;
+    let device = bench::device(&args.device)?;
+    let network = build_network(&args.backbone, rope, classes, args.seed, &device)?;
     println!(
         "{TRAINER}, {classes} classes, rope {rope:?}, threads={} (candle {}), {device:?}",
         rayon::current_num_threads(),
         meddino_train::candle::utils::get_num_threads()
     );
 
-    match mode.as_str() {
+    match args.mode.as_str() {
         "forward" => {
-            let size: usize = flag("--size", "448").parse()?;
-            let repeats: usize = flag("--repeats", "3").parse::<usize>()?.max(1);
-            let batch: usize = flag("--batch", "1").parse()?;
+            let (size, repeats, batch) = (args.size, args.repeats as usize, args.batch);
             let xs = Tensor::randn(0f32, 1.0, (batch, 1, size, size), &device)?;
             // One untimed pass warms the allocator; reading a value back synchronises.
             let _ = network.forward(&xs)?.sum_all()?.to_scalar::<f32>()?;
@@ -161,14 +182,11 @@ fn main() -> Result<(), Error> {
             print_peak_rss();
         }
         "predict" => {
-            let slices: usize = flag("--slices", "16").parse()?;
-            let height: usize = flag("--height", "256").parse()?;
-            let width: usize = flag("--width", "256").parse()?;
-            let patch: usize = flag("--patch", "224").parse()?;
+            let (slices, height, width, patch) = (args.slices, args.height, args.width, args.patch);
             let options = SlidingWindowOptions {
-                tile_step: flag("--step", "0.5").parse()?,
+                tile_step: args.step,
                 mirroring: false,
-                tile_batch: flag("--tile-batch", "4").parse::<usize>()?.max(1),
+                tile_batch: args.tile_batch.max(1),
             };
             let volume = Tensor::randn(0f32, 1.0, (1, slices, height, width), &device)?
                 .flatten_all()?
@@ -192,7 +210,7 @@ fn main() -> Result<(), Error> {
             println!("seconds={seconds:.3}");
             print_peak_rss();
         }
-        other => return Err(format!("unknown --mode {other:?}: forward or predict").into()),
+        other => unreachable!("clap accepts forward or predict, not {other:?}"),
     }
     Ok(())
 }

@@ -13,7 +13,9 @@
 use std::time::Instant;
 
 use candle_nn::VarMap;
-use meddino_train::candle::{DType, Device, Tensor, Var};
+use clap::Parser;
+use meddino_testutil::bench;
+use meddino_train::candle::{DType, Tensor, Var};
 use meddino_train::init::seeded_var_builder;
 use meddino_train::loss::{dice_and_ce_loss, DiceReduction};
 use meddino_train::optim::{clip_grad_norm, named_vars};
@@ -27,40 +29,38 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+/// Flags (see the module documentation).
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, default_value = "meddinov3_base_primus_multiscale_Trainer")]
+    trainer: String,
+    /// A ViT preset; default: the trainer's.
+    #[arg(long)]
+    backbone: Option<String>,
+    /// Patch sides, comma-separated.
+    #[arg(long, default_value = "224,448", value_delimiter = ',')]
+    sizes: Vec<usize>,
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    /// Timed steps per size (after one warm-up step).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    steps: u64,
+    #[arg(long, default_value_t = 4)]
+    classes: usize,
+    /// `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 fn main() -> Result<(), Error> {
     meddino_train::allocator::keep_freed_pages();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str, default: &str| -> String {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-            .unwrap_or_else(|| default.to_string())
-    };
+    let args = Args::parse();
     let registry = TrainerRegistry::builtin();
-    let spec = registry.get(&flag("--trainer", "meddinov3_base_primus_multiscale_Trainer"))?;
+    let spec = registry.get(&args.trainer)?;
     let backbone = spec.backbone.ok_or("the trainer has no ViT")?;
-    let cfg = backbone.config(Some(&flag("--backbone", backbone.preset)))?;
-    let sizes: Vec<usize> = flag("--sizes", "224,448")
-        .split(',')
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
-    let batch: usize = flag("--batch", "2").parse()?;
-    let steps: usize = flag("--steps", "3").parse::<usize>()?.max(1);
-    let classes: usize = flag("--classes", "4").parse()?;
-    let device = match flag("--device", "cpu").as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0)?,
-        other => return Err(format!("unknown device {other:?}: cpu or cuda").into()),
-    };
+    let cfg = backbone.config(Some(args.backbone.as_deref().unwrap_or(backbone.preset)))?;
+    let (sizes, batch, steps, classes) = (args.sizes, args.batch, args.steps as usize, args.classes);
+    let device = bench::device(&args.device)?;
 
     let varmap = VarMap::new();
     let request = NetworkRequest {
@@ -104,7 +104,7 @@ fn main() -> Result<(), Error> {
             }
         }
         times.sort_by(f64::total_cmp);
-        let peak = peak_rss_mib().map_or_else(|| "n/a".to_string(), |m| format!("{m:.0} MiB"));
+        let peak = bench::memory_mib("VmHWM").map_or_else(|| "n/a".to_string(), |m| format!("{m:.0} MiB"));
         println!("| {size}² | {:.2} | {peak} |", times[times.len() / 2]);
     }
     Ok(())
