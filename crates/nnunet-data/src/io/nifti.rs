@@ -44,19 +44,28 @@ pub struct LabelMap {
 /// or 3-D, or has an invalid spacing; the error names the file.
 pub fn read_image(path: &Path) -> Result<Image> {
     let (header, volume) = open(path)?;
-    let volume = volume.into_ndarray::<f32>().map_err(|source| Error::Nifti {
+    image_from(path, &header, volume)
+}
+
+/// The image of an opened file: voxels converted to f32 (scaling applied) in array order.
+fn image_from(path: &Path, header: &nifti::NiftiHeader, volume: InMemNiftiVolume) -> Result<Image> {
+    let mut volume = volume.into_ndarray::<f32>().map_err(|source| Error::Nifti {
         path: path.to_path_buf(),
         source,
     })?;
-    let (shape, geometry) = array_shape(path, &header, volume.shape())?;
-    let mut volume = volume;
+    let (shape, geometry) = array_shape(path, header, volume.shape())?;
     while volume.ndim() > shape.len() {
         let last = Axis(volume.ndim() - 1);
         volume = volume.index_axis_move(last, 0);
     }
     // The crate returns NIfTI (x, y, z) order in Fortran layout: reversing the axes gives
-    // (z, y, x) in C layout, which `as_standard_layout` then keeps without copying.
-    let data = volume.reversed_axes().as_standard_layout().into_owned();
+    // (z, y, x) in C layout, kept as it is (`as_standard_layout` would copy it).
+    let volume = volume.reversed_axes();
+    let data = if volume.is_standard_layout() {
+        volume
+    } else {
+        volume.as_standard_layout().into_owned()
+    };
     Ok(Image {
         data,
         spacing: geometry.spacing.iter().rev().copied().collect(),
@@ -206,38 +215,18 @@ pub fn read_label_map(path: &Path) -> Result<LabelMap> {
     let unscaled = header.scl_slope == 0.0 || (header.scl_slope == 1.0 && header.scl_inter == 0.0);
     // Integer voxels become labels directly: one pass, no float copy of the volume.
     let labels = match (unscaled, volume.data_type()) {
-        (true, NiftiType::Uint8) => Some(Ok(typed::<u8>(path, volume)?.into_iter().map(u16::from).collect())),
-        (true, NiftiType::Int8) => Some(to_labels(typed::<i8>(path, volume)?)),
-        (true, NiftiType::Uint16) => Some(Ok(typed::<u16>(path, volume)?)),
-        (true, NiftiType::Int16) => Some(to_labels(typed::<i16>(path, volume)?)),
-        (true, NiftiType::Uint32) => Some(to_labels(typed::<u32>(path, volume)?)),
-        (true, NiftiType::Int32) => Some(to_labels(typed::<i32>(path, volume)?)),
-        (true, NiftiType::Uint64) => Some(to_labels(typed::<u64>(path, volume)?)),
-        (true, NiftiType::Int64) => Some(to_labels(typed::<i64>(path, volume)?)),
-        _ => None,
-    };
-    let max = u16::MAX;
-    let not_a_label_map = |value: f64| Error::NotALabelMap {
-        path: path.to_path_buf(),
-        value,
-        max,
-    };
-    let Some(labels) = labels else {
+        (true, NiftiType::Uint8) => Ok(typed::<u8>(path, volume)?.into_iter().map(u16::from).collect()),
+        (true, NiftiType::Int8) => to_labels(typed::<i8>(path, volume)?),
+        (true, NiftiType::Uint16) => Ok(typed::<u16>(path, volume)?),
+        (true, NiftiType::Int16) => to_labels(typed::<i16>(path, volume)?),
+        (true, NiftiType::Uint32) => to_labels(typed::<u32>(path, volume)?),
+        (true, NiftiType::Int32) => to_labels(typed::<i32>(path, volume)?),
+        (true, NiftiType::Uint64) => to_labels(typed::<u64>(path, volume)?),
+        (true, NiftiType::Int64) => to_labels(typed::<i64>(path, volume)?),
         // Floats, or scaled integers: through f32 as SimpleITK reads them.
-        let image = read_image(path)?;
-        let values = image.data.as_slice().unwrap_or_default();
-        if let Some(&bad) = values
-            .iter()
-            .find(|&&v| !(v >= 0.0 && v <= f32::from(max) && v.fract() == 0.0))
-        {
-            return Err(not_a_label_map(f64::from(bad)));
-        }
-        return Ok(LabelMap {
-            data: image.data.mapv(|v| v as u16),
-            spacing: image.spacing,
-        });
+        _ => return float_label_map(path, &header, volume),
     };
-    let labels = labels.map_err(not_a_label_map)?;
+    let labels = labels.map_err(|value| not_a_label_map(path, value))?;
     let (shape, geometry) = array_shape(path, &header, &dims)?;
     // NIfTI's Fortran-order (x, y, z) voxels are the C-order (z, y, x) array.
     let data =
@@ -251,6 +240,32 @@ pub fn read_label_map(path: &Path) -> Result<LabelMap> {
         data,
         spacing: geometry.spacing.iter().rev().copied().collect(),
     })
+}
+
+/// A label map from float (or scaled) voxels, each of which must be an integer in
+/// `0..=u16::MAX`.
+fn float_label_map(path: &Path, header: &nifti::NiftiHeader, volume: InMemNiftiVolume) -> Result<LabelMap> {
+    let image = image_from(path, header, volume)?;
+    if let Some(&bad) = image
+        .data
+        .iter()
+        .find(|&&v| !(v >= 0.0 && v <= f32::from(u16::MAX) && v.fract() == 0.0))
+    {
+        return Err(not_a_label_map(path, f64::from(bad)));
+    }
+    Ok(LabelMap {
+        data: image.data.mapv(|v| v as u16),
+        spacing: image.spacing,
+    })
+}
+
+/// The error for a voxel `value` that is no label.
+fn not_a_label_map(path: &Path, value: f64) -> Error {
+    Error::NotALabelMap {
+        path: path.to_path_buf(),
+        value,
+        max: u16::MAX,
+    }
 }
 
 /// The voxels as the header's own integer type.
