@@ -70,7 +70,8 @@ impl SelfAttention {
             (Some(bias), Some(mask)) => Some((bias * mask)?),
             (bias, _) => bias.clone(),
         };
-        if fused::applies(&[xs, &self.qkv_weight]) && bias.as_ref().is_none_or(|b| fused::applies(&[b])) {
+        let parameters = [&self.qkv_weight, self.proj.weight()].into_iter();
+        if fused::applies(parameters.chain(bias.as_ref()).chain(self.proj.bias()).chain([xs])) {
             let qkv = fused::linear(xs, &self.qkv_weight, bias.as_ref(), Activation::None)?;
             let out = fused::attention(&qkv, self.num_heads, rope.map(|(module, tables)| module.fused(tables)))?;
             return fused::linear(&out, self.proj.weight(), self.proj.bias(), Activation::None);

@@ -59,7 +59,7 @@ impl SelfAttentionBlock {
     /// `xs + ls(branch)`, fused on the CPU at inference.
     fn residual(xs: &Tensor, ls: &Option<LayerScale>, branch: Tensor) -> candle_core::Result<Tensor> {
         let gamma = ls.as_ref().map(LayerScale::gamma);
-        if fused::applies(&[xs, &branch]) && gamma.is_none_or(|g| fused::applies(&[g])) {
+        if fused::applies([xs, &branch].into_iter().chain(gamma)) {
             return fused::scaled_residual(xs, &branch, gamma);
         }
         xs + Self::scaled(ls, branch)?

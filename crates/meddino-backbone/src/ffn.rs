@@ -37,7 +37,14 @@ impl Ffn {
 impl Module for Ffn {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Ffn::Mlp { fc1, fc2 } if fused::applies(&[xs, fc1.weight(), fc2.weight()]) => {
+            Ffn::Mlp { fc1, fc2 }
+                if fused::applies(
+                    [xs, fc1.weight(), fc2.weight()]
+                        .into_iter()
+                        .chain(fc1.bias())
+                        .chain(fc2.bias()),
+                ) =>
+            {
                 let hidden = fused::linear(xs, fc1.weight(), fc1.bias(), Activation::Gelu)?;
                 fused::linear(&hidden, fc2.weight(), fc2.bias(), Activation::None)
             }

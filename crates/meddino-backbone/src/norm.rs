@@ -43,7 +43,7 @@ impl Norm {
 ///
 /// When `weight`/`bias` do not broadcast against the last axis of `xs`.
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    if crate::fused::applies(&[xs, weight, bias]) {
+    if crate::fused::applies([xs, weight, bias]) {
         return crate::fused::layer_norm(xs, weight, bias, eps);
     }
     let dtype = xs.dtype();

@@ -113,3 +113,46 @@ fn fused_kernels_match_without_layer_scale_storage_tokens_or_biases() {
     };
     check(&cfg, 1, (32, 32), 1e-5);
 }
+
+#[test]
+fn a_single_trainable_tensor_keeps_the_composite_path_and_its_gradient() {
+    // Every block parameter that is a variable must reach the gradient: with the others
+    // plain, the fused kernels (which have no backward) must stay out of its way.
+    let cfg = small(RopeDtype::Fp32);
+    let varmap = VarMap::new();
+    DinoVisionTransformer::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).expect("build");
+    let data = varmap.data().lock().expect("varmap");
+    let names = [
+        "blocks.0.attn.proj.weight",
+        "blocks.0.attn.proj.bias",
+        "blocks.0.attn.qkv.bias",
+        "blocks.0.mlp.fc1.bias",
+        "blocks.0.mlp.fc2.bias",
+        "blocks.0.ls1.gamma",
+        "blocks.0.norm1.bias",
+    ];
+    for trainable in names {
+        let weights: HashMap<String, Tensor> = data
+            .iter()
+            .map(|(name, var)| {
+                let tensor = if name == trainable {
+                    var.as_tensor().clone()
+                } else {
+                    var.as_tensor().detach()
+                };
+                (name.clone(), tensor)
+            })
+            .collect();
+        let model = DinoVisionTransformer::new(&cfg, VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu))
+            .expect("build");
+        let xs = Tensor::randn(0f32, 1.0, (1, cfg.in_chans, 32, 32), &Device::Cpu).expect("input");
+        let grads = model
+            .forward_features(&xs)
+            .and_then(|f| f.x_prenorm.sqr()?.sum_all()?.backward().map_err(Into::into))
+            .expect("backward");
+        assert!(
+            grads.get(data[trainable].as_tensor()).is_some(),
+            "{trainable}: no gradient"
+        );
+    }
+}

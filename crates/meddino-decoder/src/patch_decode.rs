@@ -204,7 +204,7 @@ impl PatchDecode {
             .iter()
             .flat_map(|(up, norm)| [&up.weight, &up.bias, &norm.weight, &norm.bias])
             .chain([&self.head.weight, &self.head.bias]);
-        fused::applies(&std::iter::once(xs).chain(weights).collect::<Vec<_>>())
+        fused::applies(std::iter::once(xs).chain(weights))
     }
 
     /// Inference on the CPU: per stage one matrix product with the bias, then one pass that

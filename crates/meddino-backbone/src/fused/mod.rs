@@ -29,12 +29,12 @@ const MIN_ROWS_PER_TASK: usize = 16;
 
 /// Whether the fused kernels may run on these tensors: all contiguous f32 on the CPU, none
 /// tracking a gradient, and not turned off by `MEDDINO_FUSED_KERNELS=0`.
-pub fn applies(tensors: &[&Tensor]) -> bool {
+pub fn applies<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
     let enabled = *ENABLED.get_or_init(|| std::env::var("MEDDINO_FUSED_KERNELS").map_or(true, |v| v != "0"));
     enabled
         && tensors
-            .iter()
+            .into_iter()
             .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() && !t.track_op())
 }
 
