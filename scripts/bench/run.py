@@ -32,7 +32,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,10 +117,11 @@ def benches(args, python, metrics, raw):
     ex = TARGET / "release" / "examples"
     meddino = TARGET / "release" / "meddino"
     threads = str(args.threads)
-    scratch = Path(tempfile.mkdtemp(prefix="meddino-bench-"))
 
     def plan_ours(log):
-        out = scratch / f"pre-{len(os.listdir(scratch))}"
+        # From scratch every time: the output folder is removed before and after.
+        out = DATA / "preprocessed"
+        shutil.rmtree(out, ignore_errors=True)
         output, wall, peak = measured(
             [meddino, "plan-and-preprocess", "-d", "501", "-c", "2d", "-j", threads,
              "--raw", raw.parent, "--preprocessed", out], log)
