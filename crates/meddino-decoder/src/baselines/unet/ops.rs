@@ -201,20 +201,26 @@ pub(super) fn op_kwargs<'a>(object: &'a Map<String, Value>, key: &str) -> Result
     }
 }
 
+/// Whether the class `name` of `arch_kwargs.{key}` is one of `second`'s names rather than
+/// one of `first`'s; any other class is refused, naming the key.
+fn is_second_of(key: &str, name: &str, first: &[&str], second: &[&str]) -> Result<bool> {
+    if first.contains(&name) {
+        Ok(false)
+    } else if second.contains(&name) {
+        Ok(true)
+    } else {
+        Err(Error::Config(format!(
+            "arch_kwargs.{key}: expected {} or {} (or null), got {name}",
+            first[0], second[0]
+        )))
+    }
+}
+
 fn parse_norm(object: &Map<String, Value>) -> Result<Option<NormOp>> {
     let Some(name) = class_name(object, "norm_op")? else {
         return Ok(None);
     };
-    let batch = if INSTANCE_NORM2D.contains(&name) {
-        false
-    } else if BATCH_NORM2D.contains(&name) {
-        true
-    } else {
-        return Err(Error::Config(format!(
-            "arch_kwargs.norm_op: expected {} or {} (or null), got {name}",
-            INSTANCE_NORM2D[0], BATCH_NORM2D[0]
-        )));
-    };
+    let batch = is_second_of("norm_op", name, &INSTANCE_NORM2D, &BATCH_NORM2D)?;
     let mut eps = 1e-5;
     // PyTorch's defaults: InstanceNorm2d is not affine, BatchNorm2d is.
     let mut affine = batch;
@@ -271,16 +277,7 @@ fn parse_nonlin(object: &Map<String, Value>) -> Result<Option<Nonlin>> {
     let Some(name) = class_name(object, "nonlin")? else {
         return Ok(None);
     };
-    let leaky = if LEAKY_RELU.contains(&name) {
-        true
-    } else if RELU.contains(&name) {
-        false
-    } else {
-        return Err(Error::Config(format!(
-            "arch_kwargs.nonlin: expected {} or {} (or null), got {name}",
-            LEAKY_RELU[0], RELU[0]
-        )));
-    };
+    let leaky = !is_second_of("nonlin", name, &LEAKY_RELU, &RELU)?;
     let mut negative_slope = 1e-2;
     for (key, value) in op_kwargs(object, "nonlin_kwargs")?.into_iter().flatten() {
         match key.as_str() {
