@@ -1,73 +1,95 @@
-//! Exact Euclidean distance transform with per-axis spacing.
+//! Exact Euclidean feature transform with per-axis spacing: for every voxel, the nearest
+//! `true` voxel of a mask.
 //!
 //! Felzenszwalb & Huttenlocher, "Distance Transforms of Sampled Functions" (2012): the squared
 //! distance is separable, so one exact 1-D lower-envelope pass per axis gives the exact n-D
-//! transform, equal to `scipy.ndimage.distance_transform_edt(sampling=spacing)`. Written here
-//! because no maintained crate does anisotropic spacing (the `dt` crate has none and is
-//! single-threaded). Lanes of each pass run in parallel with rayon.
+//! transform, equal to `scipy.ndimage.distance_transform_edt(sampling=spacing)`. Each pass also
+//! carries the index of the feature that realises the minimum, so callers can recompute the
+//! distance with scipy's own arithmetic (see [`crate::surface::nearest`]). Written here
+//! because no maintained crate does anisotropic spacing or returns the nearest feature (the
+//! `dt` crate has neither and is single-threaded). Lanes of each pass run in parallel.
 
 use std::cell::RefCell;
 
 use ndarray::{Array3, ArrayViewMut1, Axis, Zip};
 use rayon::prelude::*;
 
-/// The squared distance in mm from every voxel to the nearest `true` voxel of `features`
-/// (+∞ everywhere when there is none).
-pub(crate) fn squared_distance_transform(features: &Array3<bool>, spacing: [f64; 3]) -> Array3<f64> {
-    let mut grid = first_pass(features, spacing[2]);
+/// Marks a voxel without any feature (an empty mask).
+pub(crate) const NO_FEATURE: u32 = u32::MAX;
+
+/// For every voxel, the C-order linear index of a nearest `true` voxel of `features` (in mm,
+/// with `spacing` per axis), or [`NO_FEATURE`] when there is none. The caller keeps the
+/// array below `u32::MAX` voxels.
+pub(crate) fn feature_transform(features: &Array3<bool>, spacing: [f64; 3]) -> Array3<u32> {
+    let (mut squared, mut nearest) = first_pass(features, spacing[2]);
     for axis in (0..2).rev() {
-        if grid.len_of(Axis(axis)) < 2 {
+        if squared.len_of(Axis(axis)) < 2 {
             continue;
         }
         let step = spacing[axis];
-        Zip::from(grid.lanes_mut(Axis(axis))).par_for_each(|lane| transform_lane(lane, step));
+        Zip::from(squared.lanes_mut(Axis(axis)))
+            .and(nearest.lanes_mut(Axis(axis)))
+            .par_for_each(|squared, nearest| transform_lane(squared, nearest, step));
     }
-    grid
+    nearest
 }
 
 /// The pass along the last axis straight from the mask: on 0/∞ input the lower envelope is
 /// the nearest feature on the row, found by one scan each way (no parabolas, and no float
 /// copy of the mask first).
-fn first_pass(features: &Array3<bool>, step: f64) -> Array3<f64> {
+fn first_pass(features: &Array3<bool>, step: f64) -> (Array3<f64>, Array3<u32>) {
     let features = features.as_standard_layout();
-    let mut grid = Array3::from_elem(features.dim(), f64::INFINITY);
+    let mut squared = Array3::from_elem(features.dim(), f64::INFINITY);
+    let mut nearest = Array3::from_elem(features.dim(), NO_FEATURE);
     let width = features.dim().2.max(1);
-    let (Some(mask), Some(out)) = (features.as_slice(), grid.as_slice_mut()) else {
-        return grid; // unreachable: both are in standard layout
+    let (Some(mask), Some(squared_out), Some(nearest_out)) =
+        (features.as_slice(), squared.as_slice_mut(), nearest.as_slice_mut())
+    else {
+        return (squared, nearest); // unreachable: all three are in standard layout
     };
-    out.par_chunks_mut(width)
+    squared_out
+        .par_chunks_mut(width)
+        .zip(nearest_out.par_chunks_mut(width))
         .zip(mask.par_chunks(width))
-        .for_each(|(row, mask)| {
-            let squared = |q: usize, p: usize| {
-                let dx = q as f64 * step - p as f64 * step;
+        .enumerate()
+        .for_each(|(row, ((squared, nearest), mask))| {
+            let base = (row * width) as u32;
+            let distance = |q: usize, p: usize| {
+                let dx = q.abs_diff(p) as f64 * step;
                 dx * dx
             };
             let mut last = None;
-            for (q, (d, &feature)) in row.iter_mut().zip(mask).enumerate() {
+            for (q, &feature) in mask.iter().enumerate() {
                 if feature {
                     last = Some(q);
                 }
                 if let Some(p) = last {
-                    *d = squared(q, p);
+                    squared[q] = distance(q, p);
+                    nearest[q] = base + p as u32;
                 }
             }
             let mut next = None;
-            for (q, (d, &feature)) in row.iter_mut().zip(mask).enumerate().rev() {
+            for (q, &feature) in mask.iter().enumerate().rev() {
                 if feature {
                     next = Some(q);
                 }
                 if let Some(p) = next {
-                    *d = d.min(squared(p, q));
+                    let d = distance(q, p);
+                    if d < squared[q] {
+                        squared[q] = d;
+                        nearest[q] = base + p as u32;
+                    }
                 }
             }
         });
-    grid
+    (squared, nearest)
 }
 
-/// Scratch buffers for one lane: input copy, envelope vertices and boundaries.
+/// Scratch buffers for one lane: input copies, envelope vertices and boundaries.
 #[derive(Default)]
 struct Scratch {
     f: Vec<f64>,
+    features: Vec<u32>,
     vertices: Vec<usize>,
     bounds: Vec<f64>,
 }
@@ -76,12 +98,19 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// One 1-D pass: `d[q] = min_p (step·(q − p))² + f[p]`.
-fn transform_lane(mut lane: ArrayViewMut1<'_, f64>, step: f64) {
+/// One 1-D pass: `d[q] = min_p (step·(q − p))² + f[p]`, carrying the feature of the best `p`.
+fn transform_lane(mut squared: ArrayViewMut1<'_, f64>, mut nearest: ArrayViewMut1<'_, u32>, step: f64) {
     SCRATCH.with(|scratch| {
-        let Scratch { f, vertices, bounds } = &mut *scratch.borrow_mut();
+        let Scratch {
+            f,
+            features,
+            vertices,
+            bounds,
+        } = &mut *scratch.borrow_mut();
         f.clear();
-        f.extend(lane.iter().copied());
+        f.extend(squared.iter().copied());
+        features.clear();
+        features.extend(nearest.iter().copied());
         vertices.clear();
         bounds.clear();
         let position = |q: usize| q as f64 * step;
@@ -112,13 +141,15 @@ fn transform_lane(mut lane: ArrayViewMut1<'_, f64>, step: f64) {
             return;
         }
         let mut k = 0;
-        for (q, out) in lane.iter_mut().enumerate() {
+        for (q, (out, feature)) in squared.iter_mut().zip(nearest.iter_mut()).enumerate() {
             let x = position(q);
             while k + 1 < vertices.len() && bounds[k + 1] < x {
                 k += 1;
             }
-            let dx = x - position(vertices[k]);
-            *out = dx * dx + f[vertices[k]];
+            let v = vertices[k];
+            let dx = q.abs_diff(v) as f64 * step;
+            *out = dx * dx + f[v];
+            *feature = features[v];
         }
     });
 }
@@ -147,8 +178,23 @@ mod tests {
         })
     }
 
+    /// The squared distance to the feature the transform picked.
     fn transform(features: &Array3<bool>, spacing: [f64; 3]) -> Array3<f64> {
-        squared_distance_transform(features, spacing)
+        let (_, ny, nx) = features.dim();
+        let nearest = feature_transform(features, spacing);
+        Array3::from_shape_fn(features.dim(), |(z, y, x)| {
+            let index = nearest[[z, y, x]];
+            if index == NO_FEATURE {
+                return f64::INFINITY;
+            }
+            let index = index as usize;
+            let feature = [index / (ny * nx), index / nx % ny, index % nx];
+            assert!(features[feature], "{feature:?} is not a feature");
+            let here = [z, y, x];
+            (0..3)
+                .map(|a| (here[a].abs_diff(feature[a]) as f64 * spacing[a]).powi(2))
+                .sum::<f64>()
+        })
     }
 
     #[test]

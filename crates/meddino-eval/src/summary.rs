@@ -135,18 +135,20 @@ pub fn json_number(value: f64) -> Value {
     } else if value.is_infinite() {
         Value::String(if value > 0.0 { "inf" } else { "-inf" }.into())
     } else {
-        json!(value)
+        json!(value + 0.0) // −0 as 0
     }
 }
 
-/// A CSV cell: empty for NaN, `inf`/`-inf`, otherwise the shortest exact decimal.
+/// A CSV cell: empty for NaN, `inf`/`-inf`, otherwise the shortest exact decimal (zero as
+/// `0`, whatever its sign).
 fn csv_cell(value: f64) -> String {
     if value.is_nan() {
         String::new()
     } else if value.is_infinite() {
         if value > 0.0 { "inf" } else { "-inf" }.into()
     } else {
-        format!("{value}")
+        // Adding +0 turns −0 into +0 and leaves every other value as it is.
+        format!("{}", value + 0.0)
     }
 }
 
@@ -265,5 +267,11 @@ mod tests {
         assert_eq!(lines[1], "a.nii.gz,1,0,1,,,");
         assert_eq!(lines[2], "b.nii.gz,0.5,2,0.5,0,inf,0");
         assert_eq!(lines[3], "\"c,d.nii.gz\",0,,0,,,");
+    }
+
+    #[test]
+    fn negative_zero_is_written_as_zero() {
+        assert_eq!(csv_cell(-0.0), "0");
+        assert_eq!(json_number(-0.0).to_string(), "0.0");
     }
 }

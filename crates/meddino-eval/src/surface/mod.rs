@@ -10,15 +10,17 @@
 //!   on the voxel-corner grid, weighted by their marching-cubes area (contour length in 2-D).
 //!
 //! Both crop the work to the bounding box of the two masks (plus a margin), which gives the
-//! same result as the whole array and keeps large volumes with small organs cheap.
+//! same result as the whole array, and measure distances between the two surfaces' points
+//! only ([`nearest`]), so the cost follows the surfaces rather than the volume: cheap for
+//! small organs in large volumes, and for predictions strewn with small false positives.
 
 pub mod monai;
+mod nearest;
 pub mod surfel;
 mod surfel_normals;
 
-use ndarray::{Array3, ArrayViewD, Zip};
+use ndarray::ArrayViewD;
 
-use crate::edt::squared_distance_transform;
 use crate::grid::{grids, BoundingBox, Grid};
 use crate::overlap::class_stats;
 
@@ -37,22 +39,6 @@ fn class_region<'a, 'b, L: Copy + PartialEq + Sync>(
         .first()
         .and_then(|s| BoundingBox::union(s.prediction_box, s.reference_box));
     Ok((prediction, reference, region))
-}
-
-/// Distances in mm from each `true` point of `from` to the nearest `true` point of `to`
-/// (both on the same grid), in C order of `from`. `None` when `to` has no point.
-fn distances_to(from: &Array3<bool>, to: &Array3<bool>, spacing: [f64; 3]) -> Option<Vec<f64>> {
-    if !to.iter().any(|&t| t) {
-        return None;
-    }
-    let grid = squared_distance_transform(to, spacing);
-    let mut distances = Vec::new();
-    Zip::from(from).and(&grid).for_each(|&f, &d| {
-        if f {
-            distances.push(d.sqrt());
-        }
-    });
-    Some(distances)
 }
 
 /// Validates a tolerance in mm.

@@ -1,6 +1,19 @@
 //! MONAI's boundary-voxel surface metrics, as MedDINOv3's metrics script calls them
 //! (`compute_hausdorff_distance(percentile=95)`, `compute_surface_dice(use_subvoxels=False)`).
 //!
+//! MONAI 1.6 works in float32, and so does this module, bit for bit on CPU:
+//! - a distance is scipy's `KDTree` distance between boundary voxels at coordinates
+//!   `index · spacing` (float64), rounded to float32 (see [`super::nearest`]);
+//! - the NSD tolerance is rounded to float32 and compared with the float32 distances, and
+//!   the NSD itself is a float32 quotient of the two counts;
+//! - percentiles are `torch.quantile` on the float32 distances: the rank
+//!   `f64(f32(p/100)) · (n − 1)`, its fraction as a float32 weight, and `torch.lerp`'s
+//!   float32 arithmetic with a fused multiply-add, as PyTorch's CPU kernels compute it.
+//!
+//! Why it matters: a NIfTI spacing such as 1.2 mm is the float32 1.2000000476837158, so a
+//! boundary voxel ten voxels away is 12.000000476837158 mm from the other surface: above a
+//! 12 mm tolerance in float64, exactly on it in float32. MONAI counts it; so do we.
+//!
 //! Deliberately reproduced quirks of MONAI 1.6:
 //! - a direction whose target surface is empty yields +∞ for each source boundary voxel, and
 //!   when the *source* is the empty one it yields +∞ for each target voxel instead; so an
@@ -11,24 +24,26 @@
 use ndarray::{Array3, ArrayViewD};
 use rayon::prelude::*;
 
-use super::{check_percentile, check_tolerance, class_region, distances_to};
+use super::nearest::{nearest_distances, Arithmetic, Point};
+use super::{check_percentile, check_tolerance, class_region};
 use crate::grid::{crop_mask, BoundingBox, Dims, Grid};
 use crate::Result;
 
-/// Directed boundary-voxel distances (mm) between a prediction and a reference mask.
+/// Directed boundary-voxel distances (mm, float32 as MONAI's) between a prediction and a
+/// reference mask.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EdgeDistances {
     /// From each prediction boundary voxel to the reference boundary (see the module docs
     /// for the lengths when a side is empty).
-    pub prediction_to_reference: Vec<f64>,
+    pub prediction_to_reference: Vec<f32>,
     /// From each reference boundary voxel to the prediction boundary.
-    pub reference_to_prediction: Vec<f64>,
+    pub reference_to_prediction: Vec<f32>,
 }
 
 impl EdgeDistances {
     /// The symmetric Hausdorff distance at `percentile` (100: the maximum): the larger of the
     /// two directed percentiles, each by linear interpolation as `torch.quantile`. NaN when
-    /// both masks are empty.
+    /// both masks are empty. A float32 value, as MONAI's.
     ///
     /// # Errors
     ///
@@ -38,11 +53,12 @@ impl EdgeDistances {
         let a = directed_percentile(&self.prediction_to_reference, percentile);
         let b = directed_percentile(&self.reference_to_prediction, percentile);
         // torch.max over the pair propagates NaN.
-        Ok(if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) })
+        Ok(f64::from(if a.is_nan() || b.is_nan() { f32::NAN } else { a.max(b) }))
     }
 
     /// Normalised surface Dice at `tolerance_mm`: boundary voxels within the tolerance of the
-    /// other surface, over all boundary voxels. NaN when both masks are empty.
+    /// other surface, over all boundary voxels; the tolerance, the comparison and the
+    /// quotient in float32, as MONAI's. NaN when both masks are empty.
     ///
     /// # Errors
     ///
@@ -53,80 +69,91 @@ impl EdgeDistances {
         if total == 0 {
             return Ok(f64::NAN);
         }
+        // torch compares a float32 tensor with a Python float in float32.
+        let tolerance = tolerance_mm as f32;
         let within = self
             .prediction_to_reference
             .iter()
             .chain(&self.reference_to_prediction)
-            .filter(|&&d| d <= tolerance_mm)
+            .filter(|&&d| d <= tolerance)
             .count();
-        Ok(within as f64 / total as f64)
+        // An int64 count over a Python int: a float32 true division.
+        Ok(f64::from(within as f32 / total as f32))
     }
 }
 
-/// `torch.quantile(d, p/100)` (linear interpolation, `torch.lerp` arithmetic), or the maximum
-/// for p = 100; NaN for an empty vector.
-fn directed_percentile(distances: &[f64], percentile: f64) -> f64 {
+/// `torch.quantile(d, p/100)` on float32 distances (see the module docs), or the maximum for
+/// p = 100 (MONAI calls no quantile then); NaN for an empty vector.
+fn directed_percentile(distances: &[f32], percentile: f64) -> f32 {
     if distances.is_empty() || distances.iter().any(|d| d.is_nan()) {
-        return f64::NAN;
+        return f32::NAN;
     }
     if percentile == 100.0 {
-        // MONAI takes the plain maximum when no percentile is asked for.
-        return distances.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        return distances.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     }
     let mut sorted = distances.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = percentile / 100.0 * (sorted.len() - 1) as f64;
+    sorted.sort_unstable_by(f32::total_cmp);
+    let q = f64::from((percentile / 100.0) as f32);
+    let rank = q * (sorted.len() - 1) as f64;
     let (below, above) = (rank.floor() as usize, rank.ceil() as usize);
-    let weight = rank - below as f64;
+    let weight = (rank - rank.floor()) as f32;
     let (start, end) = (sorted[below], sorted[above.min(sorted.len() - 1)]);
-    if weight < 0.5 {
-        start + weight * (end - start)
+    // torch.lerp: the branch keeps the result exact at both ends; one rounding each.
+    let difference = end - start;
+    if weight.abs() < 0.5 {
+        weight.mul_add(difference, start)
     } else {
-        end - (end - start) * (1.0 - weight)
+        (-difference).mul_add(1.0 - weight, end)
     }
 }
 
-/// MONAI's boundary voxels: in the mask, with a face neighbour (on the image's axes) outside
-/// it. The crop carries a background margin, so the array border never needs a special case.
-/// Planes run in parallel, each as flat slices (index arithmetic per voxel was the cost).
-fn boundary(mask: &Array3<bool>, dims: Dims) -> Array3<bool> {
+/// MONAI's boundary voxels, in C order: in the mask, with a face neighbour (on the image's
+/// axes) outside it. The crop carries a background margin, so the array border never needs a
+/// special case. Planes run in parallel, each as flat slices (index arithmetic per voxel was
+/// the cost).
+fn boundary(mask: &Array3<bool>, dims: Dims) -> Vec<Point> {
     let (nz, ny, nx) = mask.dim();
     let mask = mask.as_standard_layout();
     let m = mask.as_slice().unwrap_or_default();
     let plane = ny * nx;
-    let mut out = vec![false; m.len()];
     let through_planes = dims == Dims::Three;
-    out.par_chunks_mut(plane.max(1)).enumerate().for_each(|(z, out_plane)| {
-        let base = z * plane;
-        for y in 0..ny {
-            for x in 0..nx {
-                let i = base + y * nx + x;
-                if !m[i] {
-                    continue;
+    let planes: Vec<Vec<Point>> = (0..nz)
+        .into_par_iter()
+        .map(|z| {
+            let base = z * plane;
+            let mut points = Vec::new();
+            for y in 0..ny {
+                for x in 0..nx {
+                    let i = base + y * nx + x;
+                    if !m[i] {
+                        continue;
+                    }
+                    let in_plane_edge = x == 0
+                        || x + 1 == nx
+                        || !m[i - 1]
+                        || !m[i + 1]
+                        || y == 0
+                        || y + 1 == ny
+                        || !m[i - nx]
+                        || !m[i + nx];
+                    let across_planes = through_planes && (z == 0 || z + 1 == nz || !m[i - plane] || !m[i + plane]);
+                    if in_plane_edge || across_planes {
+                        points.push([z, y, x].map(|i| i as i32));
+                    }
                 }
-                let in_plane_edge = x == 0
-                    || x + 1 == nx
-                    || !m[i - 1]
-                    || !m[i + 1]
-                    || y == 0
-                    || y + 1 == ny
-                    || !m[i - nx]
-                    || !m[i + nx];
-                let across_planes = through_planes && (z == 0 || z + 1 == nz || !m[i - plane] || !m[i + plane]);
-                out_plane[y * nx + x] = in_plane_edge || across_planes;
             }
-        }
-    });
-    Array3::from_shape_vec((nz, ny, nx), out).unwrap_or_else(|_| Array3::from_elem((nz, ny, nx), false))
+            points
+        })
+        .collect();
+    planes.concat()
 }
 
 /// One direction as MONAI's `get_surface_distance(source, target)` computes it.
-fn directed(source: &Array3<bool>, target: &Array3<bool>, spacing: [f64; 3]) -> Vec<f64> {
-    let count = |m: &Array3<bool>| m.iter().filter(|&&v| v).count();
-    match distances_to(source, target, spacing) {
-        None => vec![f64::INFINITY; count(source)],
-        Some(_) if count(source) == 0 => vec![f64::INFINITY; count(target)],
-        Some(distances) => distances,
+fn directed(source: &[Point], target: &[Point], spacing: [f64; 3]) -> Vec<f32> {
+    match nearest_distances(source, target, spacing, Arithmetic::ScaledCoordinates) {
+        None => vec![f32::INFINITY; source.len()],
+        Some(_) if source.is_empty() => vec![f32::INFINITY; target.len()],
+        Some(distances) => distances.into_iter().map(|d| d as f32).collect(),
     }
 }
 
@@ -181,17 +208,19 @@ mod tests {
         edge_distances(pair.0.view(), pair.1.view(), true, spacing).expect("valid")
     }
 
-    /// The spec's MONAI test vectors (nnunet-reference.md §8.3; numpy re-implementation).
+    /// The spec's MONAI test vectors (nnunet-reference.md §8.3; a numpy re-implementation in
+    /// float64, so our float32 NSD is that value rounded to float32).
     #[test]
     fn spec_vectors() {
+        let float32 = |v: f64| f64::from(v as f32);
         let d = distances(&fixtures::squares_2d(), &[1.0, 1.0]);
-        assert!((d.surface_dice(1.0).expect("tolerance") - 0.8125).abs() < 1e-12);
+        assert_eq!(d.surface_dice(1.0).expect("tolerance"), 0.8125);
         assert_eq!(d.hausdorff(95.0).expect("percentile"), 2.0);
         let d = distances(&fixtures::squares_2d(), &[2.0, 0.5]);
-        assert!((d.surface_dice(1.0).expect("tolerance") - 0.6666666666666666).abs() < 1e-12);
+        assert_eq!(d.surface_dice(1.0).expect("tolerance"), float32(0.6666666666666666));
         assert_eq!(d.hausdorff(95.0).expect("percentile"), 4.0);
         let d = distances(&fixtures::boxes_3d(), &[3.0, 1.0, 0.8]);
-        assert!((d.surface_dice(2.0).expect("tolerance") - 0.7290076335877863).abs() < 1e-12);
+        assert_eq!(d.surface_dice(2.0).expect("tolerance"), float32(0.7290076335877863));
         assert_eq!(d.hausdorff(95.0).expect("percentile"), 3.0);
     }
 
@@ -232,11 +261,56 @@ mod tests {
     fn quantile_interpolates_like_torch() {
         assert_eq!(directed_percentile(&[0.0, 10.0], 95.0), 9.5);
         assert_eq!(directed_percentile(&[3.0, 1.0, 2.0], 50.0), 2.0);
-        assert!(directed_percentile(&[f64::INFINITY, f64::INFINITY], 95.0).is_nan());
+        assert!(directed_percentile(&[f32::INFINITY, f32::INFINITY], 95.0).is_nan());
         assert_eq!(
-            directed_percentile(&[f64::INFINITY, f64::INFINITY], 100.0),
-            f64::INFINITY
+            directed_percentile(&[f32::INFINITY, f32::INFINITY], 100.0),
+            f32::INFINITY
         );
+    }
+
+    /// Values of `torch.quantile(torch.tensor(x, dtype=torch.float32), q)` (torch 2.15 CPU):
+    /// the rank, weight and fused lerp in float32 pick these exact float32 values.
+    #[test]
+    fn quantile_rounds_like_torch_float32() {
+        // torch's `.item()` values: float32 numbers printed as float64.
+        let cases: [(&[f32], f64); 3] = [
+            (&[0.1, 0.7, 2.3], 2.1399998664855957),
+            (&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0], 8.550000190734863),
+            (&[20.9, 3.3, 1.0, 8.2, 7.1], 18.35999870300293),
+        ];
+        for (x, torch) in cases {
+            assert_eq!(f64::from(directed_percentile(x, 95.0)), torch, "{x:?}");
+        }
+    }
+
+    /// MONAI 1.6.1's answers for float32 spacings that are not exact decimals (issue 17):
+    /// whole-voxel distances land exactly on the tolerance in float32.
+    #[test]
+    fn tolerance_ties_in_float32() {
+        // 60×80, spacing (0.85, 1.2) mm as NIfTI stores them; two boxes, the prediction
+        // shifted by 10 columns (12 mm); NSD at 12 mm is 1.0 for both classes in MONAI.
+        let spacing = [0.85f32 as f64, 1.2f32 as f64];
+        let mut label = Array2::<u8>::zeros((60, 80));
+        label.slice_mut(ndarray::s![10..40, 10..30]).fill(1);
+        label.slice_mut(ndarray::s![12..30, 40..60]).fill(2);
+        let mut prediction = Array2::<u8>::zeros((60, 80));
+        prediction
+            .slice_mut(ndarray::s![.., 10..])
+            .assign(&label.slice(ndarray::s![.., ..70]));
+        for class in [1, 2] {
+            let d =
+                edge_distances(prediction.view().into_dyn(), label.view().into_dyn(), class, &spacing).expect("valid");
+            assert_eq!(d.surface_dice(12.0).expect("tolerance"), 1.0, "class {class}");
+        }
+        // 0.2 mm pixels, a 5-pixel shift, the default 1 mm tolerance: MONAI 1.0.
+        let spacing = [0.2f32 as f64, 0.2f32 as f64];
+        let mut label = Array2::from_elem((40, 40), false);
+        label.slice_mut(ndarray::s![10..30, 8..20]).fill(true);
+        let mut prediction = Array2::from_elem((40, 40), false);
+        prediction.slice_mut(ndarray::s![10..30, 13..25]).fill(true);
+        let d = edge_distances(prediction.view().into_dyn(), label.view().into_dyn(), true, &spacing).expect("valid");
+        assert_eq!(d.surface_dice(1.0).expect("tolerance"), 1.0);
+        assert_eq!(d.hausdorff(100.0).expect("percentile"), f64::from(1.0f32));
     }
 
     #[test]

@@ -9,8 +9,9 @@
 
 use ndarray::{Array3, ArrayViewD};
 
+use super::nearest::{nearest_distances, Arithmetic, Point};
 use super::surfel_normals::NEIGHBOUR_CODE_TO_NORMALS;
-use super::{check_percentile, check_tolerance, class_region, distances_to};
+use super::{check_percentile, check_tolerance, class_region};
 use crate::grid::{crop_mask, BoundingBox, Dims, Grid};
 use crate::Result;
 
@@ -33,13 +34,8 @@ impl SurfelDistances {
     /// When the tolerance is negative or not finite.
     pub fn surface_dice(&self, tolerance_mm: f64) -> Result<f64> {
         check_tolerance(tolerance_mm)?;
-        let within = |v: &[(f64, f64)]| {
-            v.iter()
-                .filter(|(d, _)| *d <= tolerance_mm)
-                .map(|(_, a)| a)
-                .sum::<f64>()
-        };
-        let total = |v: &[(f64, f64)]| v.iter().map(|(_, a)| a).sum::<f64>();
+        let within = |v: &[(f64, f64)]| area(v.iter().filter(|(d, _)| *d <= tolerance_mm));
+        let total = |v: &[(f64, f64)]| area(v.iter());
         let overlap = within(&self.reference_to_prediction) + within(&self.prediction_to_reference);
         Ok(overlap / (total(&self.reference_to_prediction) + total(&self.prediction_to_reference)))
     }
@@ -57,7 +53,7 @@ impl SurfelDistances {
             if v.is_empty() {
                 return f64::INFINITY;
             }
-            let total: f64 = v.iter().map(|(_, a)| a).sum();
+            let total = area(v.iter());
             let target = percentile / 100.0;
             let mut cumulative = 0.0;
             // np.searchsorted(cumsum / total, target, side='left').
@@ -75,12 +71,15 @@ impl SurfelDistances {
     /// Area-weighted mean distance of each direction: (reference → prediction, prediction →
     /// reference). NaN for an empty direction.
     pub fn average_distance(&self) -> (f64, f64) {
-        let mean = |v: &[(f64, f64)]| {
-            let total: f64 = v.iter().map(|(_, a)| a).sum();
-            v.iter().map(|(d, a)| d * a).sum::<f64>() / total
-        };
+        let mean = |v: &[(f64, f64)]| v.iter().map(|(d, a)| d * a).fold(0.0, |sum, x| sum + x) / area(v.iter());
         (mean(&self.reference_to_prediction), mean(&self.prediction_to_reference))
     }
+}
+
+/// The total area of some (distance, area) pairs. Summed from +0 (`Iterator::sum` starts at
+/// −0, which an empty prediction's NSD would carry into the CSV as `-0`).
+fn area<'a>(pairs: impl Iterator<Item = &'a (f64, f64)>) -> f64 {
+    pairs.fold(0.0, |sum, (_, a)| sum + a)
 }
 
 /// Surface area (3-D) or contour length (2-D) of each neighbour code for this spacing.
@@ -134,30 +133,32 @@ fn neighbour_codes(padded: &Array3<bool>, dims: Dims) -> Array3<u8> {
     })
 }
 
-/// Surface elements of one mask: (is-surface grid, area per corner).
-fn surface(padded: &Array3<bool>, dims: Dims, areas: &[f64]) -> (Array3<bool>, Array3<f64>) {
-    let full = match dims {
-        Dims::Three => 255,
-        Dims::Two => 15,
-    };
-    let codes = neighbour_codes(padded, dims);
-    (
-        codes.mapv(|c| c != 0 && c != full),
-        codes.mapv(|c| areas[usize::from(c)]),
-    )
+/// The surface elements of one mask: their corners in C order, and their areas.
+struct Surface {
+    points: Vec<Point>,
+    areas: Vec<f64>,
+}
+
+impl Surface {
+    fn new(padded: &Array3<bool>, dims: Dims, areas: &[f64]) -> Self {
+        let full = match dims {
+            Dims::Three => 255,
+            Dims::Two => 15,
+        };
+        let (points, areas) = neighbour_codes(padded, dims)
+            .indexed_iter()
+            .filter(|(_, &code)| code != 0 && code != full)
+            .map(|((z, y, x), &code)| ([z, y, x].map(|i| i as i32), areas[usize::from(code)]))
+            .unzip();
+        Self { points, areas }
+    }
 }
 
 /// (distance, area) of each surface element of `from`, sorted by distance then area.
-fn directed(from: &(Array3<bool>, Array3<f64>), to: &Array3<bool>, spacing: [f64; 3]) -> Vec<(f64, f64)> {
-    let (surface, areas) = from;
-    let elements: Vec<f64> = surface
-        .iter()
-        .zip(areas.iter())
-        .filter(|(&s, _)| s)
-        .map(|(_, &a)| a)
-        .collect();
-    let distances = distances_to(surface, to, spacing).unwrap_or_else(|| vec![f64::INFINITY; elements.len()]);
-    let mut pairs: Vec<(f64, f64)> = distances.into_iter().zip(elements).collect();
+fn directed(from: &Surface, to: &Surface, spacing: [f64; 3]) -> Vec<(f64, f64)> {
+    let distances = nearest_distances(&from.points, &to.points, spacing, Arithmetic::ScaledOffsets)
+        .unwrap_or_else(|| vec![f64::INFINITY; from.points.len()]);
+    let mut pairs: Vec<(f64, f64)> = distances.into_iter().zip(from.areas.iter().copied()).collect();
     pairs.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
     pairs
 }
@@ -178,11 +179,11 @@ pub(crate) fn surfel_distances_in<L: Copy + PartialEq>(
     let dims = reference.dims;
     let region = region.grown(dims.axes(), 1, 1);
     let areas = area_table(reference.spacing, dims);
-    let pred = surface(&crop_mask(prediction.data, class, region), dims, &areas);
-    let gt = surface(&crop_mask(reference.data, class, region), dims, &areas);
+    let pred = Surface::new(&crop_mask(prediction.data, class, region), dims, &areas);
+    let gt = Surface::new(&crop_mask(reference.data, class, region), dims, &areas);
     SurfelDistances {
-        reference_to_prediction: directed(&gt, &pred.0, reference.spacing),
-        prediction_to_reference: directed(&pred, &gt.0, reference.spacing),
+        reference_to_prediction: directed(&gt, &pred, reference.spacing),
+        prediction_to_reference: directed(&pred, &gt, reference.spacing),
     }
 }
 
@@ -233,7 +234,11 @@ mod tests {
     fn empty_sides() {
         let (empty, gt) = fixtures::empty_and_square();
         let d = distances(&(empty.clone(), gt), &[1.0, 1.0]);
-        assert_eq!(d.surface_dice(1.0).expect("tolerance"), 0.0);
+        assert_eq!(
+            d.surface_dice(1.0).expect("tolerance").to_bits(),
+            0.0f64.to_bits(),
+            "+0, not -0"
+        );
         assert_eq!(d.robust_hausdorff(95.0).expect("percentile"), f64::INFINITY);
         let d = distances(&(empty.clone(), empty), &[1.0, 1.0]);
         assert!(d.surface_dice(1.0).expect("tolerance").is_nan());
