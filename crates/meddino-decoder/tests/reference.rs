@@ -2,6 +2,11 @@
 //! `shared/reference/README.md`, `models/`): decoder logits through every weights format
 //! present, the core op and its three gradients in f64, and the `MSDeformAttn` module.
 //! Configs, shapes and names come from `manifest.json` and the tensor files.
+//!
+//! Logits of decoders on bf16-RoPE backbones are judged by [`BF16_ROPE_CRITERION`] against
+//! the same weights with f32 RoPE (see `meddino-testutil`'s `compare`): a max-error
+//! tolerance cannot both pass the emulation and fail its absence for every seed and input
+//! size. `--nocapture` prints the table.
 
 use std::path::PathBuf;
 
@@ -9,13 +14,10 @@ use candle_core::{DType, Device, Tensor, Var};
 use meddino_decoder::backbone::{Config, RopeDtype, StateDict};
 use meddino_decoder::{level_start_index, ms_deform_attn, Interaction, MSDeformAttn, Primus, SegmentationNetwork};
 use meddino_testutil::ndarray::ArrayD;
-use meddino_testutil::{assert_tensor_close, reference_or_skip, TensorFile};
+use meddino_testutil::{assert_tensor_close, reference_or_skip, tensor_error_profile, TensorFile, BF16_ROPE_CRITERION};
 
 /// Float32 forward outputs agree to about 1e-4 relative (README).
 const TOLERANCE: f64 = 1e-4;
-/// Backbones with bf16 RoPE round q and k to bf16; a value on a rounding boundary can round
-/// the other way under a different summation order (see the backbone's reference test).
-const BF16_ROPE_TOLERANCE: f64 = 1e-3;
 /// Float64 deformable attention agrees to 1e-10 (README).
 const F64_TOLERANCE: f64 = 1e-10;
 
@@ -47,6 +49,8 @@ fn primus_heads_match_the_reference() {
         return;
     };
     let mut checked = 0;
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
     for (name, entry) in decoders {
         let backbone = entry["backbone"].as_str().expect("decoders.*.backbone");
         let cfg: Config = serde_json::from_value(manifest["backbones"][backbone]["config"].clone()).expect("config");
@@ -55,30 +59,65 @@ fn primus_heads_match_the_reference() {
             Some(indices) => Interaction::Blocks(serde_json::from_value(indices.clone()).expect("indices")),
             None => Interaction::LastBlock,
         };
-        let tolerance = if cfg.pos_embed_rope_dtype == RopeDtype::Fp32 {
-            TOLERANCE
-        } else {
-            BF16_ROPE_TOLERANCE
-        };
+        let bf16_rope = cfg.pos_embed_rope_dtype != RopeDtype::Fp32;
         let io = reference.safetensors(format!("models/{name}.io.safetensors"));
+        let xs = tensor(&io, "input", DType::F32);
         let files: Vec<PathBuf> = [".weights.safetensors", ".checkpoint_final.pth"]
             .iter()
             .map(|suffix| reference.path().join("models").join(format!("{name}{suffix}")))
             .filter(|p| p.is_file())
             .collect();
         assert!(!files.is_empty(), "{name}: no weights");
-        for file in files {
-            let network = Primus::load(&cfg, num_classes, &interaction, &file, &Device::Cpu)
+        // The same weights without the bf16 rounding: the baseline bf16-RoPE logits must beat.
+        let plain = bf16_rope.then(|| {
+            let plain_cfg = Config {
+                pos_embed_rope_dtype: RopeDtype::Fp32,
+                ..cfg.clone()
+            };
+            let network = Primus::load(&plain_cfg, num_classes, &interaction, &files[0], &Device::Cpu)
+                .unwrap_or_else(|e| panic!("{}: {e}", files[0].display()));
+            network.forward(&xs).expect("forward (f32 rope)")
+        });
+        for file in &files {
+            let network = Primus::load(&cfg, num_classes, &interaction, file, &Device::Cpu)
                 .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-            let logits = network.forward(&tensor(&io, "input", DType::F32)).expect("forward");
+            let logits = network.forward(&xs).expect("forward");
             let label = format!(
-                "{name} logits ({})",
-                file.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()
+                "{name} ({}) input {:?} logits",
+                file.file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
+                xs.dims()
             );
-            let _ = assert_tensor_close(&label, &logits, io.get("logits"), tolerance);
+            match &plain {
+                None => {
+                    let _ = assert_tensor_close(&label, &logits, io.get("logits"), TOLERANCE);
+                }
+                Some(plain) => {
+                    let case = BF16_ROPE_CRITERION.case(
+                        &tensor_error_profile(&label, &logits, io.get("logits")),
+                        &tensor_error_profile(&label, plain, io.get("logits")),
+                    );
+                    if let Err(why) = BF16_ROPE_CRITERION.judge(&case) {
+                        failures.push(format!("{label}: {why}"));
+                    }
+                    rows.push((label, case));
+                }
+            }
             checked += 1;
         }
     }
+    if !rows.is_empty() {
+        let width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(4);
+        eprintln!("{}", BF16_ROPE_CRITERION.header(width));
+        for (label, case) in &rows {
+            eprintln!("{}", BF16_ROPE_CRITERION.row(label, width, case));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} decoder outputs fail the bf16-RoPE criterion:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     eprintln!("{checked} decoder weight files checked");
 }
 

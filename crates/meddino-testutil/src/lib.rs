@@ -7,7 +7,8 @@
 //!   whether a reference test runs, is skipped, or fails loudly.
 //! - [`load`]: read safetensors, npz and JSON files from it, every tensor widened to `f64`.
 //! - [`compare`](mod@compare): compare arrays with a relative-error report (max |a−b| / max |b|, worst
-//!   index, both values there).
+//!   index, both values there), the distribution of those errors ([`ErrorProfile`]), and the
+//!   criterion for models that emulate a rounding of the reference ([`BF16_ROPE_CRITERION`]).
 //!
 //! ```no_run
 //! use meddino_testutil::{assert_close, reference_or_skip};
@@ -37,9 +38,13 @@ pub mod compare;
 pub mod load;
 pub mod reference;
 
-pub use compare::{assert_close, compare, Comparison};
+pub use compare::{
+    assert_close, compare, Comparison, EmulationCase, EmulationCriterion, ErrorProfile, BF16_ROPE_CRITERION,
+};
 #[cfg(feature = "candle")]
-pub use compare::{assert_gradients_reach, assert_tensor_close, gradient_norm_sq, tensor_to_array};
+pub use compare::{
+    assert_gradients_reach, assert_tensor_close, gradient_norm_sq, tensor_error_profile, tensor_to_array,
+};
 pub use load::{json_f64, TensorFile};
 pub use ndarray;
 pub use reference::{
