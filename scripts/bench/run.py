@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Issue 10's CPU benchmarks, ours and the Python references side by side, interleaved.
 
-    python3 scripts/bench/run.py [--rounds 2] [--threads N] [--only vit,primus,metrics,plan,predict]
+    python3 scripts/bench/run.py [--rounds 2] [--threads N]
+                                 [--only vit,primus,metrics,islands,plan,predict]
                                  [--ours-only] [--table FILE]
 
-Builds our side (release), installs the references (torch, transformers, MONAI, nnunetv2,
-pinned below) in a virtual environment outside the repository (MEDDINO_BENCH_VENV, default
-~/.cache/meddino/bench-venv), generates the data once (MEDDINO_BENCH_DATA, default
+Builds our side (release; only what the selected benchmarks run), installs the references
+(torch, transformers, MONAI, nnunetv2, pinned below) in a virtual environment outside the
+repository (MEDDINO_BENCH_VENV, default ~/.cache/meddino/bench-venv; or set
+MEDDINO_BENCH_PYTHON to a Python that already has them), generates the data once (MEDDINO_BENCH_DATA, default
 ~/.cache/meddino/bench-data), then runs every benchmark `--rounds` times, alternating which
 side goes first, and prints a Markdown table: both times, the ratio of their medians, the
 goal. Peak memory is the whole process tree's proportional set size (PSS), sampled every
@@ -17,6 +19,7 @@ goal. Peak memory is the whole process tree's proportional set size (PSS), sampl
 | vit | forward_bench, ViT-B/16 448² | vit_forward_torch.py (transformers DINOv3ViTModel) | median pass |
 | primus | network_bench forward, Primus_Multiscale ViT-B 448² | primus_torch.py forward | median pass |
 | metrics | metrics_bench, 3 × 512²×100, 5 classes | metrics_monai.py (compute_metrics.py's MONAI calls) | from the first read, and the whole command |
+| islands | the same, predictions with 0.1 % of voxels set to random labels | the same | the same |
 | plan | meddino plan-and-preprocess -c 2d, 12 CT phantoms 64×512² | plan_nnunet.sh (nnUNetv2_plan_and_preprocess) | the whole command |
 | predict | network_bench predict, 16×256², patch 224, step 0.5 | primus_torch.py predict (nnU-Net's sliding window) | the sliding window |
 
@@ -73,18 +76,33 @@ def measured(cmd, log, env=None):
     return output, value(output, "wall_s"), value(output, "peak_tree_pss_kb") / 1024
 
 
-def build():
-    examples = ["forward_bench", "network_bench", "metrics_bench", "phantom_dataset"]
-    packages = ["meddino", "meddino-backbone", "meddino-train", "meddino-eval", "nnunet-data"]
-    cmd = ["cargo", "build", "--release", "--bin", "meddino"]
-    for p in packages:
-        cmd += ["-p", p]
-    for e in examples:
-        cmd += ["--example", e]
+# What each benchmark runs of ours: (package, example) pairs; None for the `meddino` binary.
+BUILDS = {
+    "vit": [("meddino-backbone", "forward_bench")],
+    "primus": [("meddino-train", "network_bench")],
+    "metrics": [("meddino-eval", "metrics_bench")],
+    "islands": [("meddino-eval", "metrics_bench")],
+    "plan": [("meddino", None), ("nnunet-data", "phantom_dataset")],
+    "predict": [("meddino-train", "network_bench")],
+}
+
+
+def build(wanted):
+    needed = {item for name in wanted for item in BUILDS.get(name, [])}
+    if not needed:
+        return
+    # phantom_dataset makes the plan benchmark's data set.
+    cmd = ["cargo", "build", "--release"]
+    for package in sorted({p for p, _ in needed}):
+        cmd += ["-p", package]
+    for package, example in sorted(needed, key=str):
+        cmd += ["--bin", "meddino"] if example is None else ["--example", example]
     run(cmd, env={**os.environ, "CARGO_TARGET_DIR": str(TARGET)})
 
 
 def install_references():
+    if "MEDDINO_BENCH_PYTHON" in os.environ:
+        return Path(os.environ["MEDDINO_BENCH_PYTHON"])
     python = VENV / "bin" / "python"
     if not python.exists():
         run([sys.executable, "-m", "venv", VENV])
@@ -93,15 +111,19 @@ def install_references():
     return python
 
 
-def prepare_data():
+def prepare_data(wanted):
+    """The data folders: {"metrics", "islands"} label maps, and the raw CT data set."""
     examples = TARGET / "release" / "examples"
-    metrics = DATA / "metrics"
-    if not (metrics / "dataset.json").exists():
-        run([examples / "metrics_bench", "--generate", metrics, "--cases", "3", "--size", "512x512x100"])
+    folders = {"metrics": DATA / "metrics", "islands": DATA / "metrics-islands"}
+    noise = {"metrics": "0", "islands": "0.001"}
+    for name, folder in folders.items():
+        if name in wanted and not (folder / "dataset.json").exists():
+            run([examples / "metrics_bench", "--generate", folder, "--cases", "3", "--size", "512x512x100",
+                 "--noise", noise[name]])
     raw = DATA / "raw" / CT_DATASET
-    if not (raw / "dataset.json").exists():
+    if "plan" in wanted and not (raw / "dataset.json").exists():
         run([examples / "phantom_dataset", raw])
-    return metrics, raw
+    return folders, raw
 
 
 class Bench:
@@ -153,12 +175,18 @@ def benches(args, python, metrics, raw):
               side([*torch, HERE / "primus_torch.py", "--mode", "forward", "--size", "448", "--repeats", "3",
                     "--threads", threads], "median_s"),
               memory_goal=1.0),
-        Bench("metrics", "evaluate 3 label maps 512²×100, 5 classes (Dice, HD95, NSD 1 mm)", 0.05,
-              side([ex / "metrics_bench", metrics / "pred", metrics / "labels", metrics / "dataset.json"],
-                   "seconds"),
-              side([*torch, HERE / "metrics_monai.py", metrics / "pred", metrics / "labels",
-                    metrics / "dataset.json", "--threads", threads], "seconds"),
-              whole_command_too=True),
+        *[Bench(name, work, 0.05,
+                side([ex / "metrics_bench", folder / "pred", folder / "labels", folder / "dataset.json"],
+                     "seconds"),
+                side([*torch, HERE / "metrics_monai.py", folder / "pred", folder / "labels",
+                      folder / "dataset.json", "--threads", threads], "seconds"),
+                whole_command_too=True)
+          for name, folder, work in [
+              ("metrics", metrics["metrics"],
+               "evaluate 3 label maps 512²×100, 5 classes (Dice, HD95, NSD 1 mm)"),
+              ("islands", metrics["islands"],
+               "evaluate the same with 0.1 % of prediction voxels scattered as random labels"),
+          ]],
         Bench("plan", "plan-and-preprocess `2d`, 12 CT volumes 64×512²", 0.3, plan_ours, plan_reference,
               memory_goal=0.5),
         Bench("predict", "predict 16×256² CT volume, 2-D, patch 224, step 0.5, no TTA", 0.7,
@@ -174,8 +202,11 @@ def ratio(ours, reference):
 def table(benches_run, args, python):
     rows = []
     versions = "" if python is None else run(
-        [python, "-c", "import importlib.metadata as m; print(', '.join(f'{p} {m.version(p)}' for p in "
-         "('torch', 'transformers', 'monai', 'nnunetv2')))"]).strip()
+        [python, "-c", "import importlib.metadata as m\n"
+         "def v(p):\n"
+         "    try: return f'{p} {m.version(p)}'\n"
+         "    except m.PackageNotFoundError: return f'{p} not installed'\n"
+         "print(', '.join(v(p) for p in ('torch', 'transformers', 'monai', 'nnunetv2')))"]).strip()
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     rows.append(f"{datetime.date.today()}, {cpu}, {os.cpu_count()} cores, {args.threads} threads, "
@@ -211,15 +242,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--only", default="vit,primus,metrics,plan,predict")
+    parser.add_argument("--only", default="vit,primus,metrics,islands,plan,predict")
     parser.add_argument("--ours-only", action="store_true", help="skip the references (no venv)")
     parser.add_argument("--table", type=Path, help="also write the table to this file")
     args = parser.parse_args()
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)
-    build()
-    python = None if args.ours_only else install_references()
-    metrics, raw = prepare_data()
     wanted = args.only.split(",")
+    build(wanted)
+    python = None if args.ours_only else install_references()
+    metrics, raw = prepare_data(wanted)
     selected = [b for b in benches(args, python, metrics, raw) if b.name in wanted]
     logs = DATA / "logs"
     for round_ in range(args.rounds):

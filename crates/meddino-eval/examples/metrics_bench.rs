@@ -3,16 +3,20 @@
 //!
 //! ```text
 //! cargo run --release -p meddino-eval --example metrics_bench -- DIR_PRED DIR_LABELS DATASET_JSON [--surfel]
-//! cargo run --release -p meddino-eval --example metrics_bench -- --generate DIR [--cases 3] [--size 512x512x100]
+//! cargo run --release -p meddino-eval --example metrics_bench -- --generate DIR [--cases 3] [--size 512x512x100] [--noise 0.001]
 //! ```
 //!
 //! `--generate` writes a synthetic folder (`DIR/pred`, `DIR/labels`, `DIR/dataset.json`) of
 //! CT-sized label maps with 5 ellipsoid organs, the predictions shifted and scaled a little,
-//! spacing 0.8×0.8×2.5 mm. The last line printed is `seconds=<total>`.
+//! spacing 0.8×0.8×2.5 mm. `--noise F` also sets a fraction F of all prediction voxels, spread
+//! at random over the volume, to a random label (background included): the scattered
+//! false-positive islands of an undertrained model. The last line printed is
+//! `seconds=<total>`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use clap::Parser;
 use meddino_eval::{evaluate_case, CaseOptions, SurfaceMethod};
 use ndarray::{Array3, ShapeBuilder};
 use nnunet_data::io::read_label_map;
@@ -21,33 +25,50 @@ use rayon::prelude::*;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// Times `evaluate` on a folder of predictions, or writes a synthetic one.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Predictions, labels and dataset.json to score (unless --generate).
+    #[arg(num_args = 0..=3)]
+    paths: Vec<PathBuf>,
+    /// Score with DeepMind's surface elements instead of MONAI's boundary voxels.
+    #[arg(long)]
+    surfel: bool,
+    /// Write a synthetic folder here instead of scoring.
+    #[arg(long, value_name = "DIR")]
+    generate: Option<PathBuf>,
+    /// Cases to generate.
+    #[arg(long, default_value_t = 3)]
+    cases: usize,
+    /// Volume size to generate, XxYxZ.
+    #[arg(long, default_value = "512x512x100")]
+    size: String,
+    /// Fraction of prediction voxels set to a random label when generating.
+    #[arg(long, default_value_t = 0.0)]
+    noise: f64,
+}
+
 fn main() -> Result<(), Error> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    if let Some(dir) = flag("--generate") {
-        let cases: usize = flag("--cases").map(|c| c.parse()).transpose()?.unwrap_or(3);
-        let size = flag("--size").unwrap_or_else(|| "512x512x100".into());
-        let dims: Vec<usize> = size.split('x').map(str::parse).collect::<Result<_, _>>()?;
+    let args = Args::parse();
+    if let Some(dir) = &args.generate {
+        let dims: Vec<usize> = args.size.split('x').map(str::parse).collect::<Result<_, _>>()?;
         let [x, y, z] = dims[..] else {
-            return Err(format!("--size wants XxYxZ, got {size}").into());
+            return Err(format!("--size wants XxYxZ, got {}", args.size).into());
         };
-        return generate(Path::new(&dir), cases, (z, y, x));
+        if !(0.0..=1.0).contains(&args.noise) {
+            return Err(format!("--noise wants a fraction in [0, 1], got {}", args.noise).into());
+        }
+        return generate(dir, args.cases, (z, y, x), args.noise);
     }
-    let positional: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
-    let [pred, labels, dataset] = positional[..] else {
-        return Err("usage: bench DIR_PRED DIR_LABELS DATASET_JSON [--surfel] | bench --generate DIR".into());
+    let [pred, labels, dataset] = &args.paths[..] else {
+        return Err("give DIR_PRED DIR_LABELS DATASET_JSON, or --generate DIR".into());
     };
-    let method = if args.iter().any(|a| a == "--surfel") {
+    let method = if args.surfel {
         SurfaceMethod::Surfel
     } else {
         SurfaceMethod::Monai
     };
-    bench(Path::new(pred), Path::new(labels), Path::new(dataset), method)
+    bench(pred, labels, dataset, method)
 }
 
 fn bench(pred: &Path, labels: &Path, dataset: &Path, method: SurfaceMethod) -> Result<(), Error> {
@@ -167,7 +188,27 @@ fn write(path: &Path, volume: &Array3<f32>) -> Result<(), Error> {
     Ok(())
 }
 
-fn generate(dir: &Path, cases: usize, shape: (usize, usize, usize)) -> Result<(), Error> {
+/// Sets `fraction` of the voxels, chosen by a seeded generator, to labels 0..=organs.
+fn add_noise(volume: &mut Array3<f32>, fraction: f64, seed: u64) {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        // xorshift64*: plenty for spreading points, and no dependency.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11
+    };
+    let voxels = volume.len();
+    let count = (fraction * voxels as f64).round() as usize;
+    if let Some(flat) = volume.as_slice_mut() {
+        for _ in 0..count {
+            let index = (next() % voxels as u64) as usize;
+            flat[index] = (next() % (ORGANS.len() as u64 + 1)) as f32;
+        }
+    }
+}
+
+fn generate(dir: &Path, cases: usize, shape: (usize, usize, usize), noise: f64) -> Result<(), Error> {
     for sub in ["pred", "labels"] {
         std::fs::create_dir_all(dir.join(sub))?;
     }
@@ -179,9 +220,14 @@ fn generate(dir: &Path, cases: usize, shape: (usize, usize, usize)) -> Result<()
     (0..cases).into_par_iter().try_for_each(|case| -> Result<(), Error> {
         let name = format!("case_{case:03}.nii.gz");
         write(&dir.join("labels").join(&name), &phantom(shape, case, false))?;
-        write(&dir.join("pred").join(&name), &phantom(shape, case, true))?;
+        let mut prediction = phantom(shape, case, true);
+        add_noise(&mut prediction, noise, case as u64 + 1);
+        write(&dir.join("pred").join(&name), &prediction)?;
         Ok(())
     })?;
-    println!("wrote {cases} cases of shape {shape:?} (z, y, x) to {}", dir.display());
+    println!(
+        "wrote {cases} cases of shape {shape:?} (z, y, x), noise {noise}, to {}",
+        dir.display()
+    );
     Ok(())
 }

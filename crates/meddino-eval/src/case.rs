@@ -116,10 +116,22 @@ pub fn evaluate_case<L: Copy + PartialEq + Send + Sync>(
 ) -> Result<Vec<ClassScores>> {
     let (prediction, reference) = grids(prediction, reference, spacing)?;
     let stats = class_stats(&prediction, &reference, classes);
+    // MONAI's boundaries of every class in one pass over each map.
+    let edges = match options.method {
+        SurfaceMethod::Monai => {
+            let (p, r) = rayon::join(
+                || monai::boundary_points(&prediction, classes),
+                || monai::boundary_points(&reference, classes),
+            );
+            Some((p, r))
+        }
+        SurfaceMethod::Surfel => None,
+    };
     classes
         .par_iter()
         .zip(stats.par_iter())
-        .map(|(&class, stats)| {
+        .enumerate()
+        .map(|(index, (&class, stats))| {
             let counts = stats.counts;
             let undefined = ClassScores {
                 counts,
@@ -133,16 +145,22 @@ pub fn evaluate_case<L: Copy + PartialEq + Send + Sync>(
                 return Ok(undefined);
             }
             let region = BoundingBox::union(stats.prediction_box, stats.reference_box);
-            let (hd95, hd100, nsd) = match options.method {
-                SurfaceMethod::Monai => {
-                    let d = monai::edge_distances_in(&prediction, &reference, class, region);
+            let (hd95, hd100, nsd) = match &edges {
+                Some((pred_edges, ref_edges)) => {
+                    let d = monai::edge_distances_between(
+                        &pred_edges[index],
+                        &ref_edges[index],
+                        region,
+                        reference.dims,
+                        reference.spacing,
+                    );
                     (
                         d.hausdorff(95.0)?,
                         d.hausdorff(100.0)?,
                         d.surface_dice(options.nsd_tolerance_mm)?,
                     )
                 }
-                SurfaceMethod::Surfel => {
+                None => {
                     let d = surfel::surfel_distances_in(&prediction, &reference, class, region);
                     (
                         d.robust_hausdorff(95.0)?,

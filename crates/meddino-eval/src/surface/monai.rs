@@ -21,12 +21,12 @@
 //!   between infinities);
 //! - both masks empty gives NaN for every metric.
 
-use ndarray::{Array3, ArrayViewD};
+use ndarray::ArrayViewD;
 use rayon::prelude::*;
 
 use super::nearest::{nearest_distances, Arithmetic, Point};
 use super::{check_percentile, check_tolerance, class_region};
-use crate::grid::{crop_mask, BoundingBox, Dims, Grid};
+use crate::grid::{BoundingBox, Dims, Grid};
 use crate::Result;
 
 /// Directed boundary-voxel distances (mm, float32 as MONAI's) between a prediction and a
@@ -107,45 +107,69 @@ fn directed_percentile(distances: &[f32], percentile: f64) -> f32 {
     }
 }
 
-/// MONAI's boundary voxels, in C order: in the mask, with a face neighbour (on the image's
-/// axes) outside it. The crop carries a background margin, so the array border never needs a
-/// special case. Planes run in parallel, each as flat slices (index arithmetic per voxel was
-/// the cost).
-fn boundary(mask: &Array3<bool>, dims: Dims) -> Vec<Point> {
-    let (nz, ny, nx) = mask.dim();
-    let mask = mask.as_standard_layout();
-    let m = mask.as_slice().unwrap_or_default();
+/// Voxels checked at once for a run of background in [`boundary_points`].
+const SKIP_CHUNK: usize = 32;
+
+/// MONAI's boundary voxels of each of `classes`, in C order: voxels of the class with a face
+/// neighbour (on the image's axes) of another label or outside the array, which is what
+/// `mask XOR erosion(mask)` keeps. One parallel pass over planes for all classes at once, so
+/// the cost of a volume is paid once however many classes spread over it.
+pub(crate) fn boundary_points<L: Copy + PartialEq + Sync>(grid: &Grid<'_, L>, classes: &[L]) -> Vec<Vec<Point>> {
+    let data = grid.data.as_standard_layout();
+    let (nz, ny, nx) = data.dim();
+    let m = data.as_slice().unwrap_or_default();
     let plane = ny * nx;
-    let through_planes = dims == Dims::Three;
-    let planes: Vec<Vec<Point>> = (0..nz)
+    let through_planes = grid.dims == Dims::Three;
+    let per_plane: Vec<Vec<Vec<Point>>> = (0..nz)
         .into_par_iter()
         .map(|z| {
-            let base = z * plane;
-            let mut points = Vec::new();
+            let mut points = vec![Vec::new(); classes.len()];
+            // Labels come in runs: remember the last lookup.
+            let mut last: Option<(L, Option<usize>)> = None;
             for y in 0..ny {
-                for x in 0..nx {
-                    let i = base + y * nx + x;
-                    if !m[i] {
+                let row = z * plane + y * nx;
+                let mut x = 0;
+                while x < nx {
+                    let i = row + x;
+                    let v = m[i];
+                    let class = match last {
+                        Some((label, class)) if label == v => class,
+                        _ => {
+                            let class = classes.iter().position(|&c| c == v);
+                            last = Some((v, class));
+                            class
+                        }
+                    };
+                    let Some(class) = class else {
+                        // Not a class (background): skip its run a chunk at a time, compared
+                        // branch-free so that the check vectorises.
+                        let end = (x + SKIP_CHUNK).min(nx);
+                        let run = m[i..row + end].iter().fold(true, |same, &w| same & (w == v));
+                        x = if run { end } else { x + 1 };
                         continue;
-                    }
+                    };
                     let in_plane_edge = x == 0
                         || x + 1 == nx
-                        || !m[i - 1]
-                        || !m[i + 1]
+                        || m[i - 1] != v
+                        || m[i + 1] != v
                         || y == 0
                         || y + 1 == ny
-                        || !m[i - nx]
-                        || !m[i + nx];
-                    let across_planes = through_planes && (z == 0 || z + 1 == nz || !m[i - plane] || !m[i + plane]);
+                        || m[i - nx] != v
+                        || m[i + nx] != v;
+                    let across_planes =
+                        through_planes && (z == 0 || z + 1 == nz || m[i - plane] != v || m[i + plane] != v);
                     if in_plane_edge || across_planes {
-                        points.push([z, y, x].map(|i| i as i32));
+                        points[class].push([z, y, x].map(|i| i as i32));
                     }
+                    x += 1;
                 }
             }
             points
         })
         .collect();
-    planes.concat()
+    (0..classes.len())
+        .map(|class| per_plane.iter().flat_map(|plane| &plane[class]).copied().collect())
+        .collect()
 }
 
 /// One direction as MONAI's `get_surface_distance(source, target)` computes it.
@@ -157,12 +181,14 @@ fn directed(source: &[Point], target: &[Point], spacing: [f64; 3]) -> Vec<f32> {
     }
 }
 
-/// Boundary distances of one class inside `region` (the union box of both masks).
-pub(crate) fn edge_distances_in<L: Copy + PartialEq>(
-    prediction: &Grid<'_, L>,
-    reference: &Grid<'_, L>,
-    class: L,
+/// Boundary distances of one class from its boundary voxels in each map (C order, array
+/// coordinates) and the union box of both masks (`None` when the class is in neither).
+pub(crate) fn edge_distances_between(
+    prediction: &[Point],
+    reference: &[Point],
     region: Option<BoundingBox>,
+    dims: Dims,
+    spacing: [f64; 3],
 ) -> EdgeDistances {
     let Some(region) = region else {
         return EdgeDistances {
@@ -170,14 +196,19 @@ pub(crate) fn edge_distances_in<L: Copy + PartialEq>(
             reference_to_prediction: Vec::new(),
         };
     };
-    let dims = reference.dims;
-    // A background margin of one voxel: boundary voxels on the array border stay boundary.
-    let region = region.grown(dims.axes(), 1, 1);
-    let pred_edges = boundary(&crop_mask(prediction.data, class, region), dims);
-    let ref_edges = boundary(&crop_mask(reference.data, class, region), dims);
+    // MONAI measures in its crop, the union box grown by one voxel: coordinates relative to
+    // that corner (which matters to the float64 products when the spacing is no float32).
+    let corner = region.grown(dims.axes(), 1, 1).min;
+    let local = |points: &[Point]| -> Vec<Point> {
+        points
+            .iter()
+            .map(|p| [0, 1, 2].map(|a| (p[a] as isize - corner[a]) as i32))
+            .collect()
+    };
+    let (prediction, reference) = (local(prediction), local(reference));
     EdgeDistances {
-        prediction_to_reference: directed(&pred_edges, &ref_edges, reference.spacing),
-        reference_to_prediction: directed(&ref_edges, &pred_edges, reference.spacing),
+        prediction_to_reference: directed(&prediction, &reference, spacing),
+        reference_to_prediction: directed(&reference, &prediction, spacing),
     }
 }
 
@@ -194,7 +225,15 @@ pub fn edge_distances<L: Copy + PartialEq + Sync>(
     spacing: &[f64],
 ) -> Result<EdgeDistances> {
     let (prediction, reference, region) = class_region(prediction, reference, class, spacing)?;
-    Ok(edge_distances_in(&prediction, &reference, class, region))
+    let [pred_edges] = <[_; 1]>::try_from(boundary_points(&prediction, &[class])).unwrap_or_default();
+    let [ref_edges] = <[_; 1]>::try_from(boundary_points(&reference, &[class])).unwrap_or_default();
+    Ok(edge_distances_between(
+        &pred_edges,
+        &ref_edges,
+        region,
+        reference.dims,
+        reference.spacing,
+    ))
 }
 
 #[cfg(test)]

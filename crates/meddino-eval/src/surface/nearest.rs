@@ -57,12 +57,15 @@ impl Arithmetic {
     }
 }
 
-/// Measured cost of the dense search per voxel of the bounding box, against
-/// [`SPARSE_COST_PER_POINT`] (both in the same arbitrary unit, from `metrics_bench` on 2
-/// cores: about 9 ns per voxel and 450 ns per point).
+/// Cost of the dense search per voxel of the bounding box, against
+/// [`SPARSE_COST_PER_POINT`]. Measured on one thread of a Zen 5 core with `metrics_bench`'s
+/// organs: 50–75 ns per voxel, and 230–540 ns per point of both sets for the sparse search
+/// on surfaces near each other (1.3 µs for queries far from every target, as scattered
+/// islands are); the ratio of the near case, about 5, decides.
 const DENSE_COST_PER_VOXEL: f64 = 1.0;
-/// Measured cost of the sparse search per point (tree building and one query each).
-const SPARSE_COST_PER_POINT: f64 = 50.0;
+/// Cost of the sparse search per point of both sets (building the tree over one, querying
+/// it with the other), in the unit of [`DENSE_COST_PER_VOXEL`].
+const SPARSE_COST_PER_POINT: f64 = 5.0;
 
 /// The distance in mm from each point of `from` to the nearest point of `to`, in the order
 /// of `from`, computed with `arithmetic` (see the module docs). `None` when `to` is empty.
@@ -145,13 +148,15 @@ const LEAF_SIZE: usize = 8;
 /// line (a 2-D image's contours, a flat organ), against about 1 µs on points in general
 /// position: they cycle through the axes or bucket by value, so the many points sharing a
 /// coordinate defeat their pruning. This tree splits the widest axis (in mm) at the median
-/// by position, keeps the exact coordinate range of each side for pruning, and compares
+/// by position, bounds each subtree by its points' exact coordinate ranges, and compares
 /// distances in the reference's own arithmetic, so the nearest point it finds is the one
 /// whose reference distance is smallest.
 #[derive(Debug)]
 struct KdTree {
     points: Vec<Point>,
     nodes: Vec<Node>,
+    /// The range of all points.
+    cell: Cell,
     spacing: [f64; 3],
     arithmetic: Arithmetic,
 }
@@ -170,13 +175,22 @@ enum Node {
     },
 }
 
+/// The coordinate range `[lo, hi]` per axis of the points under a node.
+#[derive(Debug, Clone, Copy)]
+struct Cell {
+    lo: Point,
+    hi: Point,
+}
+
 impl KdTree {
     fn new(mut points: Vec<Point>, spacing: [f64; 3], arithmetic: Arithmetic) -> Self {
         let mut nodes = Vec::with_capacity(2 * points.len() / LEAF_SIZE + 1);
+        let (lo, hi) = bounds(points.iter());
         build(&mut points, 0, spacing, &mut nodes);
         Self {
             points,
             nodes,
+            cell: Cell { lo, hi },
             spacing,
             arithmetic,
         }
@@ -185,11 +199,31 @@ impl KdTree {
     /// The smallest squared distance from `query` to a point of the (non-empty) tree.
     fn nearest_squared(&self, query: Point) -> f64 {
         let mut best = f64::INFINITY;
-        self.search(0, query, &mut best);
+        self.search(0, self.cell, self.cell_bound(self.cell, query), query, &mut best);
         best
     }
 
-    fn search(&self, node: usize, query: Point, best: &mut f64) {
+    /// A lower bound of the squared distance from `query` to any point in `cell`: the gap to
+    /// the cell along each axis, squared and added in the distance's own order. Never above a
+    /// point's distance, as each gap is at most that point's difference and rounding is
+    /// monotonic, so pruning with it loses no point that the distance would prefer.
+    fn cell_bound(&self, cell: Cell, query: Point) -> f64 {
+        let term = |axis: usize| {
+            let (q, lo, hi) = (query[axis], cell.lo[axis], cell.hi[axis]);
+            let gap = if q < lo {
+                self.arithmetic.difference(lo, q, self.spacing[axis])
+            } else if q > hi {
+                self.arithmetic.difference(q, hi, self.spacing[axis])
+            } else {
+                0.0
+            };
+            gap * gap
+        };
+        term(0) + term(1) + term(2)
+    }
+
+    /// Searches the subtree at `node`, whose points lie in `cell` at no less than `bound`.
+    fn search(&self, node: usize, cell: Cell, bound: f64, query: Point, best: &mut f64) {
         match self.nodes[node] {
             Node::Leaf { start, end } => {
                 for &p in &self.points[start..end] {
@@ -205,22 +239,30 @@ impl KdTree {
                 right_min,
                 right,
             } => {
-                // A lower bound of the distance to each side: never above a point's
-                // distance, as rounding is monotonic and every term is non-negative.
-                let gap = |from: i32, to: i32| {
-                    let d = self.arithmetic.difference(to.max(from), from, self.spacing[axis]);
-                    d * d
-                };
-                let left_bound = gap(left_max, query[axis]);
-                let right_bound = gap(query[axis], right_min);
-                let sides = if left_bound <= right_bound {
-                    [(node + 1, left_bound), (right, right_bound)]
+                let (mut left_cell, mut right_cell) = (cell, cell);
+                left_cell.hi[axis] = left_max;
+                right_cell.lo[axis] = right_min;
+                let q = query[axis];
+                // A child that still spans the query along the split axis keeps its parent's
+                // bound; only the other one needs computing.
+                let left_bound = if q <= left_max {
+                    bound
                 } else {
-                    [(right, right_bound), (node + 1, left_bound)]
+                    self.cell_bound(left_cell, query)
                 };
-                for (child, bound) in sides {
-                    if bound < *best {
-                        self.search(child, query, best);
+                let right_bound = if q >= right_min {
+                    bound
+                } else {
+                    self.cell_bound(right_cell, query)
+                };
+                let sides = if left_bound <= right_bound {
+                    [(node + 1, left_cell, left_bound), (right, right_cell, right_bound)]
+                } else {
+                    [(right, right_cell, right_bound), (node + 1, left_cell, left_bound)]
+                };
+                for (child, child_cell, child_bound) in sides {
+                    if child_bound < *best {
+                        self.search(child, child_cell, child_bound, query, best);
                     }
                 }
             }
