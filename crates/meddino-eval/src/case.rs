@@ -118,13 +118,10 @@ pub fn evaluate_case<L: Copy + PartialEq + Send + Sync>(
     let stats = class_stats(&prediction, &reference, classes);
     // MONAI's boundaries of every class in one pass over each map.
     let edges = match options.method {
-        SurfaceMethod::Monai => {
-            let (p, r) = rayon::join(
-                || monai::boundary_points(&prediction, classes),
-                || monai::boundary_points(&reference, classes),
-            );
-            Some((p, r))
-        }
+        SurfaceMethod::Monai => Some(rayon::join(
+            || monai::boundary_points(&prediction, classes),
+            || monai::boundary_points(&reference, classes),
+        )),
         SurfaceMethod::Surfel => None,
     };
     classes

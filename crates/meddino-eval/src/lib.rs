@@ -10,10 +10,12 @@
 //!   `segmentation_metrics.csv`.
 //!
 //! Label maps are `ndarray` arrays, 2-D (Y, X) or 3-D (Z, Y, X), with the spacing in mm per
-//! array axis (nnU-Net's order, i.e. SimpleITK's spacing reversed). Distances come from an
-//! exact Euclidean distance transform with per-axis spacing, run in parallel with rayon and
-//! restricted to the bounding box of the two masks, so small organs in large volumes are
-//! cheap. No candle dependency.
+//! array axis (nnU-Net's order, i.e. SimpleITK's spacing reversed). Surface distances are the
+//! exact distances between the two surfaces' points, in the reference libraries' own float64
+//! arithmetic, found by a k-d tree or a feature transform as the sizes favour; so the cost
+//! follows the surfaces, not the volume, and small organs in large volumes or predictions
+//! strewn with small false positives stay cheap. MONAI's metrics are then float32 as MONAI's
+//! are (see [`surface::monai`]). Work runs in parallel with rayon. No candle dependency.
 //!
 //! ```
 //! use meddino_eval::{evaluate_case, CaseOptions};
