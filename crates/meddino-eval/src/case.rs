@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::grid::{grids, BoundingBox};
 use crate::overlap::{class_stats, Counts};
-use crate::surface::{monai, surfel};
+use crate::surface::{boundary_voxels, monai, surfel};
 use crate::Result;
 
 /// The surface definition behind HD and NSD.
@@ -116,14 +116,11 @@ pub fn evaluate_case<L: Copy + PartialEq + Send + Sync>(
 ) -> Result<Vec<ClassScores>> {
     let (prediction, reference) = grids(prediction, reference, spacing)?;
     let stats = class_stats(&prediction, &reference, classes);
-    // MONAI's boundaries of every class in one pass over each map.
-    let edges = match options.method {
-        SurfaceMethod::Monai => Some(rayon::join(
-            || monai::boundary_points(&prediction, classes),
-            || monai::boundary_points(&reference, classes),
-        )),
-        SurfaceMethod::Surfel => None,
-    };
+    // The boundary voxels of every class, in one pass over each map.
+    let (pred_edges, ref_edges) = rayon::join(
+        || boundary_voxels(&prediction, classes),
+        || boundary_voxels(&reference, classes),
+    );
     classes
         .par_iter()
         .zip(stats.par_iter())
@@ -142,8 +139,8 @@ pub fn evaluate_case<L: Copy + PartialEq + Send + Sync>(
                 return Ok(undefined);
             }
             let region = BoundingBox::union(stats.prediction_box, stats.reference_box);
-            let (hd95, hd100, nsd) = match &edges {
-                Some((pred_edges, ref_edges)) => {
+            let (hd95, hd100, nsd) = match options.method {
+                SurfaceMethod::Monai => {
                     let d = monai::edge_distances_between(
                         &pred_edges[index],
                         &ref_edges[index],
@@ -157,8 +154,14 @@ pub fn evaluate_case<L: Copy + PartialEq + Send + Sync>(
                         d.surface_dice(options.nsd_tolerance_mm)?,
                     )
                 }
-                None => {
-                    let d = surfel::surfel_distances_in(&prediction, &reference, class, region);
+                SurfaceMethod::Surfel => {
+                    let d = surfel::surfel_distances_between(
+                        &prediction,
+                        &reference,
+                        class,
+                        &pred_edges[index],
+                        &ref_edges[index],
+                    );
                     (
                         d.robust_hausdorff(95.0)?,
                         d.robust_hausdorff(100.0)?,

@@ -1,9 +1,9 @@
-//! Label maps as 3-D grids, bounding boxes and padded crops.
+//! Label maps as 3-D grids, and bounding boxes.
 //!
 //! Everything works on C-ordered 3-D arrays; a 2-D label map (Y, X) becomes (1, Y, X) with
 //! [`Dims::Two`], which tells neighbourhood code to ignore the leading axis.
 
-use ndarray::{Array3, ArrayView3, ArrayViewD, Axis, Ix3};
+use ndarray::{ArrayView3, ArrayViewD, Axis, Ix3};
 
 use crate::error::{Error, Result};
 
@@ -123,40 +123,11 @@ impl BoundingBox {
         }
         self
     }
-
-    pub(crate) fn shape(&self) -> [usize; 3] {
-        [0, 1, 2].map(|axis| (self.max[axis] - self.min[axis] + 1) as usize)
-    }
-}
-
-/// `label == class` over `region`, with `false` wherever the region leaves the array.
-pub(crate) fn crop_mask<L: Copy + PartialEq>(data: ArrayView3<'_, L>, class: L, region: BoundingBox) -> Array3<bool> {
-    let shape = region.shape();
-    let mut mask = Array3::from_elem(shape, false);
-    let dims = data.dim();
-    let dims = [dims.0, dims.1, dims.2];
-    // The part of the region inside the array, in array coordinates.
-    let lo = [0, 1, 2].map(|a| region.min[a].max(0) as usize);
-    let hi = [0, 1, 2].map(|a| (region.max[a] + 1).min(dims[a] as isize).max(0) as usize);
-    if (0..3).any(|a| lo[a] >= hi[a]) {
-        return mask;
-    }
-    let offset = [0, 1, 2].map(|a| (lo[a] as isize - region.min[a]) as usize);
-    let source = data.slice(ndarray::s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2]]);
-    let mut target = mask.slice_mut(ndarray::s![
-        offset[0]..offset[0] + (hi[0] - lo[0]),
-        offset[1]..offset[1] + (hi[1] - lo[1]),
-        offset[2]..offset[2] + (hi[2] - lo[2])
-    ]);
-    ndarray::Zip::from(&mut target)
-        .and(&source)
-        .for_each(|m, &v| *m = v == class);
-    mask
 }
 
 #[cfg(test)]
 mod tests {
-    use ndarray::{arr2, Array2};
+    use ndarray::Array2;
 
     use super::*;
 
@@ -182,28 +153,6 @@ mod tests {
                 grids(a.view().into_dyn(), a.view().into_dyn(), spacing),
                 Err(Error::InvalidSpacing { .. })
             ));
-        }
-    }
-
-    #[test]
-    fn crop_pads_with_false_outside_the_array() {
-        let a = arr2(&[[1u8, 0], [0, 1]]).insert_axis(Axis(0));
-        let region = BoundingBox {
-            min: [0, -1, -1],
-            max: [0, 2, 2],
-        };
-        let mask = crop_mask(a.view(), 1, region);
-        assert_eq!(mask.dim(), (1, 4, 4));
-        let expected = [
-            [false, false, false, false],
-            [false, true, false, false],
-            [false, false, true, false],
-            [false; 4],
-        ];
-        for (y, row) in expected.iter().enumerate() {
-            for (x, &v) in row.iter().enumerate() {
-                assert_eq!(mask[[0, y, x]], v, "at {y},{x}");
-            }
         }
     }
 }

@@ -20,9 +20,11 @@ pub mod surfel;
 mod surfel_normals;
 
 use ndarray::ArrayViewD;
+use rayon::prelude::*;
 
-use crate::grid::{grids, BoundingBox, Grid};
+use crate::grid::{grids, BoundingBox, Dims, Grid};
 use crate::overlap::class_stats;
+use nearest::Point;
 
 /// Both label maps as grids, and the union box of `class` in them (`None` when absent
 /// from both): what every single-class surface computation starts from.
@@ -39,6 +41,74 @@ fn class_region<'a, 'b, L: Copy + PartialEq + Sync>(
         .first()
         .and_then(|s| BoundingBox::union(s.prediction_box, s.reference_box));
     Ok((prediction, reference, region))
+}
+
+/// Voxels checked at once for a run of background in [`boundary_voxels`].
+const SKIP_CHUNK: usize = 32;
+
+/// The boundary voxels of each of `classes`, in C order: voxels of the class with a face
+/// neighbour (on the image's axes) of another label or outside the array. They are MONAI's
+/// surface (`mask XOR erosion(mask)`), and every surface element of DeepMind's touches one
+/// (face neighbours connect the 2×2(×2) voxels around a corner, so where the class meets
+/// another label there, two face neighbours differ). One parallel pass over planes for all
+/// classes at once, so the cost of a volume is paid once however many classes spread over
+/// it, and what follows costs what the surfaces cost.
+pub(crate) fn boundary_voxels<L: Copy + PartialEq + Sync>(grid: &Grid<'_, L>, classes: &[L]) -> Vec<Vec<Point>> {
+    let data = grid.data.as_standard_layout();
+    let (nz, ny, nx) = data.dim();
+    let m = data.as_slice().unwrap_or_default();
+    let plane = ny * nx;
+    let through_planes = grid.dims == Dims::Three;
+    let per_plane: Vec<Vec<Vec<Point>>> = (0..nz)
+        .into_par_iter()
+        .map(|z| {
+            let mut points = vec![Vec::new(); classes.len()];
+            // Labels come in runs: remember the last lookup.
+            let mut last: Option<(L, Option<usize>)> = None;
+            for y in 0..ny {
+                let row = z * plane + y * nx;
+                let mut x = 0;
+                while x < nx {
+                    let i = row + x;
+                    let v = m[i];
+                    let class = match last {
+                        Some((label, class)) if label == v => class,
+                        _ => {
+                            let class = classes.iter().position(|&c| c == v);
+                            last = Some((v, class));
+                            class
+                        }
+                    };
+                    let Some(class) = class else {
+                        // Not a class (background): skip its run a chunk at a time, compared
+                        // branch-free so that the check vectorises.
+                        let end = (x + SKIP_CHUNK).min(nx);
+                        let run = m[i..row + end].iter().fold(true, |same, &w| same & (w == v));
+                        x = if run { end } else { x + 1 };
+                        continue;
+                    };
+                    let in_plane_edge = x == 0
+                        || x + 1 == nx
+                        || m[i - 1] != v
+                        || m[i + 1] != v
+                        || y == 0
+                        || y + 1 == ny
+                        || m[i - nx] != v
+                        || m[i + nx] != v;
+                    let across_planes =
+                        through_planes && (z == 0 || z + 1 == nz || m[i - plane] != v || m[i + plane] != v);
+                    if in_plane_edge || across_planes {
+                        points[class].push([z, y, x].map(|i| i as i32));
+                    }
+                    x += 1;
+                }
+            }
+            points
+        })
+        .collect();
+    (0..classes.len())
+        .map(|class| per_plane.iter().flat_map(|plane| &plane[class]).copied().collect())
+        .collect()
 }
 
 /// Validates a tolerance in mm.

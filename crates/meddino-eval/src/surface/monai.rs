@@ -22,11 +22,10 @@
 //! - both masks empty gives NaN for every metric.
 
 use ndarray::ArrayViewD;
-use rayon::prelude::*;
 
 use super::nearest::{nearest_distances, Arithmetic, Point};
-use super::{check_percentile, check_tolerance, class_region};
-use crate::grid::{BoundingBox, Dims, Grid};
+use super::{boundary_voxels, check_percentile, check_tolerance, class_region};
+use crate::grid::{BoundingBox, Dims};
 use crate::Result;
 
 /// Directed boundary-voxel distances (mm, float32 as MONAI's) between a prediction and a
@@ -107,71 +106,6 @@ fn directed_percentile(distances: &[f32], percentile: f64) -> f32 {
     }
 }
 
-/// Voxels checked at once for a run of background in [`boundary_points`].
-const SKIP_CHUNK: usize = 32;
-
-/// MONAI's boundary voxels of each of `classes`, in C order: voxels of the class with a face
-/// neighbour (on the image's axes) of another label or outside the array, which is what
-/// `mask XOR erosion(mask)` keeps. One parallel pass over planes for all classes at once, so
-/// the cost of a volume is paid once however many classes spread over it.
-pub(crate) fn boundary_points<L: Copy + PartialEq + Sync>(grid: &Grid<'_, L>, classes: &[L]) -> Vec<Vec<Point>> {
-    let data = grid.data.as_standard_layout();
-    let (nz, ny, nx) = data.dim();
-    let m = data.as_slice().unwrap_or_default();
-    let plane = ny * nx;
-    let through_planes = grid.dims == Dims::Three;
-    let per_plane: Vec<Vec<Vec<Point>>> = (0..nz)
-        .into_par_iter()
-        .map(|z| {
-            let mut points = vec![Vec::new(); classes.len()];
-            // Labels come in runs: remember the last lookup.
-            let mut last: Option<(L, Option<usize>)> = None;
-            for y in 0..ny {
-                let row = z * plane + y * nx;
-                let mut x = 0;
-                while x < nx {
-                    let i = row + x;
-                    let v = m[i];
-                    let class = match last {
-                        Some((label, class)) if label == v => class,
-                        _ => {
-                            let class = classes.iter().position(|&c| c == v);
-                            last = Some((v, class));
-                            class
-                        }
-                    };
-                    let Some(class) = class else {
-                        // Not a class (background): skip its run a chunk at a time, compared
-                        // branch-free so that the check vectorises.
-                        let end = (x + SKIP_CHUNK).min(nx);
-                        let run = m[i..row + end].iter().fold(true, |same, &w| same & (w == v));
-                        x = if run { end } else { x + 1 };
-                        continue;
-                    };
-                    let in_plane_edge = x == 0
-                        || x + 1 == nx
-                        || m[i - 1] != v
-                        || m[i + 1] != v
-                        || y == 0
-                        || y + 1 == ny
-                        || m[i - nx] != v
-                        || m[i + nx] != v;
-                    let across_planes =
-                        through_planes && (z == 0 || z + 1 == nz || m[i - plane] != v || m[i + plane] != v);
-                    if in_plane_edge || across_planes {
-                        points[class].push([z, y, x].map(|i| i as i32));
-                    }
-                    x += 1;
-                }
-            }
-            points
-        })
-        .collect();
-    (0..classes.len())
-        .map(|class| per_plane.iter().flat_map(|plane| &plane[class]).copied().collect())
-        .collect()
-}
-
 /// One direction as MONAI's `get_surface_distance(source, target)` computes it.
 fn directed(source: &[Point], target: &[Point], spacing: [f64; 3]) -> Vec<f32> {
     match nearest_distances(source, target, spacing, Arithmetic::ScaledCoordinates) {
@@ -225,8 +159,8 @@ pub fn edge_distances<L: Copy + PartialEq + Sync>(
     spacing: &[f64],
 ) -> Result<EdgeDistances> {
     let (prediction, reference, region) = class_region(prediction, reference, class, spacing)?;
-    let [pred_edges] = <[_; 1]>::try_from(boundary_points(&prediction, &[class])).unwrap_or_default();
-    let [ref_edges] = <[_; 1]>::try_from(boundary_points(&reference, &[class])).unwrap_or_default();
+    let [pred_edges] = <[_; 1]>::try_from(boundary_voxels(&prediction, &[class])).unwrap_or_default();
+    let [ref_edges] = <[_; 1]>::try_from(boundary_voxels(&reference, &[class])).unwrap_or_default();
     Ok(edge_distances_between(
         &pred_edges,
         &ref_edges,

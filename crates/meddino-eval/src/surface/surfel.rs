@@ -7,12 +7,12 @@
 //! neither empty nor full are surface elements, and each weighs its marching-cubes area (3-D)
 //! or contour length (2-D) for the given spacing.
 
-use ndarray::{Array3, ArrayViewD};
+use ndarray::ArrayViewD;
 
 use super::nearest::{nearest_distances, Arithmetic, Point};
 use super::surfel_normals::NEIGHBOUR_CODE_TO_NORMALS;
-use super::{check_percentile, check_tolerance, class_region};
-use crate::grid::{crop_mask, BoundingBox, Dims, Grid};
+use super::{boundary_voxels, check_percentile, check_tolerance};
+use crate::grid::{grids, Dims, Grid};
 use crate::Result;
 
 /// Directed surface-element distances (mm) with the elements' areas (mm², or mm in 2-D),
@@ -112,43 +112,91 @@ fn area_table(spacing: [f64; 3], dims: Dims) -> Vec<f64> {
     }
 }
 
-/// Neighbour codes on the corner grid of a mask padded by one background voxel on each side
-/// of its image axes. Corner `c` combines padded voxels `c` and `c + 1` on each such axis.
-fn neighbour_codes(padded: &Array3<bool>, dims: Dims) -> Array3<u8> {
-    let (nz, ny, nx) = padded.dim();
-    let corner_shape = match dims {
-        Dims::Three => (nz - 1, ny - 1, nx - 1),
-        Dims::Two => (nz, ny - 1, nx - 1),
-    };
-    Array3::from_shape_fn(corner_shape, |(z, y, x)| {
-        let v = |dz: usize, dy: usize, dx: usize| u8::from(padded[[z + dz, y + dy, x + dx]]);
-        match dims {
-            // Weight of voxel (z−1+a, y−1+b, x−1+c) is 2^(7 − (4a + 2b + c)).
-            Dims::Three => (0..8).fold(0u8, |code, bit| {
-                let (a, b, c) = ((bit >> 2) & 1, (bit >> 1) & 1, bit & 1);
-                code | (v(a, b, c) << (7 - bit))
-            }),
-            Dims::Two => (v(0, 0, 0) << 3) | (v(0, 0, 1) << 2) | (v(0, 1, 0) << 1) | v(0, 1, 1),
-        }
-    })
-}
-
-/// The surface elements of one mask: their corners in C order, and their areas.
+/// The surface elements of one mask: their corners, and their areas.
+///
+/// A corner sits between voxels `u − 1` and `u` on each image axis (so `u` runs from 0 to the
+/// axis length) and gets the neighbour code of the 2×2(×2) voxels around it, outside the
+/// array counting as background; it is a surface element when the code is neither empty nor
+/// full. Such a corner touches a boundary voxel of the class ([`boundary_voxels`]), so the
+/// corners around those are all the candidates: the work follows the surface, not the mask's
+/// bounding box.
 struct Surface {
     points: Vec<Point>,
     areas: Vec<f64>,
 }
 
 impl Surface {
-    fn new(padded: &Array3<bool>, dims: Dims, areas: &[f64]) -> Self {
-        let full = match dims {
-            Dims::Three => 255,
-            Dims::Two => 15,
+    fn around<L: Copy + PartialEq>(grid: &Grid<'_, L>, class: L, edge: &[Point], areas: &[f64]) -> Self {
+        let data = grid.data.as_standard_layout();
+        let m = data.as_slice().unwrap_or_default();
+        let (nz, ny, nx) = data.dim();
+        let in_class = |z: i32, y: i32, x: i32| {
+            let inside = (0..nz as i32).contains(&z) && (0..ny as i32).contains(&y) && (0..nx as i32).contains(&x);
+            inside && m[(z as usize * ny + y as usize) * nx + x as usize] == class
         };
-        let (points, areas) = neighbour_codes(padded, dims)
-            .indexed_iter()
-            .filter(|(_, &code)| code != 0 && code != full)
-            .map(|((z, y, x), &code)| ([z, y, x].map(|i| i as i32), areas[usize::from(code)]))
+        let (z_corners, full): (&[i32], u8) = match grid.dims {
+            Dims::Three => (&[0, 1], 255),
+            Dims::Two => (&[0], 15),
+        };
+        // Each candidate corner once, in C order (queries in that order walk the k-d tree
+        // coherently): a bit per corner of the boundary voxels' box, read back word by word.
+        let Some((lo, hi)) = edge.iter().fold(None, |bounds: Option<(Point, Point)>, p| {
+            let (lo, hi) = bounds.unwrap_or((*p, *p));
+            Some(([0, 1, 2].map(|a| lo[a].min(p[a])), [0, 1, 2].map(|a| hi[a].max(p[a]))))
+        }) else {
+            return Self {
+                points: Vec::new(),
+                areas: Vec::new(),
+            };
+        };
+        let extent = [0, 1, 2].map(|a| (hi[a] - lo[a]) as usize + 1 + usize::from(a > 0 || z_corners.len() > 1));
+        let mut candidates = vec![0u64; (extent.iter().product::<usize>()).div_ceil(64)];
+        for &[z, y, x] in edge {
+            for &a in z_corners {
+                for corner in [
+                    [z + a, y, x],
+                    [z + a, y, x + 1],
+                    [z + a, y + 1, x],
+                    [z + a, y + 1, x + 1],
+                ] {
+                    let local = [0, 1, 2].map(|axis| (corner[axis] - lo[axis]) as usize);
+                    let bit = (local[0] * extent[1] + local[1]) * extent[2] + local[2];
+                    candidates[bit / 64] |= 1u64 << (bit % 64);
+                }
+            }
+        }
+        let corners = candidates.iter().enumerate().flat_map(|(word, &bits)| {
+            let mut bits = bits;
+            std::iter::from_fn(move || {
+                (bits != 0).then(|| {
+                    let bit = word * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    let local = [
+                        bit / (extent[1] * extent[2]),
+                        bit / extent[2] % extent[1],
+                        bit % extent[2],
+                    ];
+                    [0, 1, 2].map(|axis| lo[axis] + local[axis] as i32)
+                })
+            })
+        });
+        let code = |[z, y, x]: Point| -> u8 {
+            let v = |a: i32, b: i32, c: i32| u8::from(in_class(z - 1 + a, y - 1 + b, x - 1 + c));
+            match grid.dims {
+                // Weight of voxel (z−1+a, y−1+b, x−1+c) is 2^(7 − (4a + 2b + c)).
+                Dims::Three => (0..8).fold(0u8, |code, bit| {
+                    let (a, b, c) = ((bit >> 2) & 1, (bit >> 1) & 1, bit & 1);
+                    code | (v(a, b, c) << (7 - bit))
+                }),
+                // The plane's own index: 8·top-left + 4·top-right + 2·bottom-left + 1·bottom-right.
+                Dims::Two => (v(1, 0, 0) << 3) | (v(1, 0, 1) << 2) | (v(1, 1, 0) << 1) | v(1, 1, 1),
+            }
+        };
+        let (points, areas) = corners
+            .filter_map(|corner| {
+                let code = code(corner);
+                (code != 0 && code != full).then(|| (corner, areas[usize::from(code)]))
+            })
             .unzip();
         Self { points, areas }
     }
@@ -163,24 +211,18 @@ fn directed(from: &Surface, to: &Surface, spacing: [f64; 3]) -> Vec<(f64, f64)> 
     pairs
 }
 
-/// Surface-element distances of one class inside `region` (the union box of both masks).
-pub(crate) fn surfel_distances_in<L: Copy + PartialEq>(
+/// Surface-element distances of one class from its boundary voxels in each map
+/// ([`boundary_voxels`], array coordinates).
+pub(crate) fn surfel_distances_between<L: Copy + PartialEq>(
     prediction: &Grid<'_, L>,
     reference: &Grid<'_, L>,
     class: L,
-    region: Option<BoundingBox>,
+    prediction_edge: &[Point],
+    reference_edge: &[Point],
 ) -> SurfelDistances {
-    let Some(region) = region else {
-        return SurfelDistances {
-            reference_to_prediction: Vec::new(),
-            prediction_to_reference: Vec::new(),
-        };
-    };
-    let dims = reference.dims;
-    let region = region.grown(dims.axes(), 1, 1);
-    let areas = area_table(reference.spacing, dims);
-    let pred = Surface::new(&crop_mask(prediction.data, class, region), dims, &areas);
-    let gt = Surface::new(&crop_mask(reference.data, class, region), dims, &areas);
+    let areas = area_table(reference.spacing, reference.dims);
+    let pred = Surface::around(prediction, class, prediction_edge, &areas);
+    let gt = Surface::around(reference, class, reference_edge, &areas);
     SurfelDistances {
         reference_to_prediction: directed(&gt, &pred, reference.spacing),
         prediction_to_reference: directed(&pred, &gt, reference.spacing),
@@ -199,8 +241,18 @@ pub fn surfel_distances<L: Copy + PartialEq + Sync>(
     class: L,
     spacing: &[f64],
 ) -> Result<SurfelDistances> {
-    let (prediction, reference, region) = class_region(prediction, reference, class, spacing)?;
-    Ok(surfel_distances_in(&prediction, &reference, class, region))
+    let (prediction, reference) = grids(prediction, reference, spacing)?;
+    let edge = |grid| {
+        let [edge] = <[_; 1]>::try_from(boundary_voxels(grid, &[class])).unwrap_or_default();
+        edge
+    };
+    Ok(surfel_distances_between(
+        &prediction,
+        &reference,
+        class,
+        &edge(&prediction),
+        &edge(&reference),
+    ))
 }
 
 #[cfg(test)]
@@ -246,8 +298,21 @@ mod tests {
     }
 
     #[test]
+    fn objects_on_the_border_have_surface_there() {
+        // A full 4×4 image: the outside counts as background, so the contour runs around the
+        // border: 3 straight elements per side (length 1) and 4 corner elements (half a
+        // diagonal each), as DeepMind's marching squares weigh them.
+        let full = ndarray::Array2::from_elem((4, 4), true);
+        let d = surfel_distances(full.view().into_dyn(), full.view().into_dyn(), true, &[1.0, 1.0]).expect("valid");
+        let length: f64 = d.reference_to_prediction.iter().map(|(_, a)| a).sum();
+        assert!((length - (12.0 + 2.0 * 2f64.sqrt())).abs() < 1e-12, "{length}");
+        assert_eq!(d.reference_to_prediction.len(), 16);
+        assert_eq!(d.robust_hausdorff(100.0).expect("percentile"), 0.0);
+    }
+
+    #[test]
     fn lone_voxel_surface_is_symmetric_and_scales_with_spacing() {
-        let mut voxel = Array3::from_elem((3, 3, 3), false);
+        let mut voxel = ndarray::Array3::from_elem((3, 3, 3), false);
         voxel[[1, 1, 1]] = true;
         let area = |spacing: &[f64]| {
             let d = surfel_distances(voxel.view().into_dyn(), voxel.view().into_dyn(), true, spacing).expect("valid");
