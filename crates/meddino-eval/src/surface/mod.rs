@@ -9,10 +9,11 @@
 //! - [`surfel`]: DeepMind's surface-distance (`compute_surface_distances`): surface elements
 //!   on the voxel-corner grid, weighted by their marching-cubes area (contour length in 2-D).
 //!
-//! Both crop the work to the bounding box of the two masks (plus a margin), which gives the
-//! same result as the whole array, and measure distances between the two surfaces' points
-//! only ([`nearest`]), so the cost follows the surfaces rather than the volume: cheap for
-//! small organs in large volumes, and for predictions strewn with small false positives.
+//! Both start from the classes' boundary voxels, found in one pass over each label map
+//! ([`boundary_voxels`]), and measure distances between the two surfaces' points only
+//! ([`nearest`]), so after that pass the cost follows the surfaces rather than the volume:
+//! cheap for small organs in large volumes, and for predictions strewn with small false
+//! positives.
 
 pub mod monai;
 mod nearest;

@@ -58,8 +58,8 @@ impl Arithmetic {
 }
 
 /// Cost of the dense search per voxel of the bounding box, against
-/// [`SPARSE_COST_PER_POINT`]. Measured on one thread of a Zen 5 core with `metrics_bench`'s
-/// organs: 50–75 ns per voxel, and 230–540 ns per point of both sets for the sparse search
+/// [`SPARSE_COST_PER_POINT`]. Measured on one thread of the project's 2-core Intel Xeon with
+/// `metrics_bench`'s organs: 50–75 ns per voxel, and 230–540 ns per point of both sets for the sparse search
 /// on surfaces near each other (1.3 µs for queries far from every target, as scattered
 /// islands are); the ratio of the near case, about 5, decides.
 const DENSE_COST_PER_VOXEL: f64 = 1.0;
