@@ -24,6 +24,37 @@ impl Dims {
     }
 }
 
+/// Voxels checked at once when a pass skips a run of a label that is in no class
+/// (background), compared branch-free so that the check vectorises.
+pub(crate) const SKIP_CHUNK: usize = 32;
+
+/// The index of a label among the classes scored, remembering the last lookup: labels come
+/// in runs, and most voxels are background, which is in no class and would otherwise scan
+/// every class each time.
+#[derive(Debug)]
+pub(crate) struct ClassLookup<'a, L> {
+    classes: &'a [L],
+    last: Option<(L, Option<usize>)>,
+}
+
+impl<'a, L: Copy + PartialEq> ClassLookup<'a, L> {
+    pub(crate) fn new(classes: &'a [L]) -> Self {
+        Self { classes, last: None }
+    }
+
+    /// The position of `label` in the classes, or `None` when it is in none.
+    pub(crate) fn index(&mut self, label: L) -> Option<usize> {
+        match self.last {
+            Some((last, index)) if last == label => index,
+            _ => {
+                let index = self.classes.iter().position(|&c| c == label);
+                self.last = Some((label, index));
+                index
+            }
+        }
+    }
+}
+
 /// A label map as a 3-D view plus its spacing in array order.
 #[derive(Debug, Clone)]
 pub(crate) struct Grid<'a, L> {

@@ -6,7 +6,7 @@
 use ndarray::Axis;
 use rayon::prelude::*;
 
-use crate::grid::{BoundingBox, Grid};
+use crate::grid::{BoundingBox, ClassLookup, Grid, SKIP_CHUNK};
 
 /// Confusion counts of one class.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -82,9 +82,6 @@ fn include(bbox: &mut Option<BoundingBox>, index: [usize; 3]) {
     }
 }
 
-/// Voxels checked at once for a run of background in [`class_stats`].
-const SKIP_CHUNK: usize = 32;
-
 /// A row as a slice: borrowed, or copied for views in another layout.
 fn row_slice<L: Clone>(row: ndarray::ArrayView1<'_, L>) -> std::borrow::Cow<'_, [L]> {
     match row.to_slice() {
@@ -100,7 +97,6 @@ pub(crate) fn class_stats<L: Copy + PartialEq + Sync>(
     classes: &[L],
 ) -> Vec<ClassStats> {
     let (nz, ny, _) = reference.data.dim();
-    let class_index = |v: L| classes.iter().position(|&c| c == v);
     let mut stats = (0..nz * ny)
         .into_par_iter()
         .fold(
@@ -111,17 +107,8 @@ pub(crate) fn class_stats<L: Copy + PartialEq + Sync>(
                 let p_row = p_row.index_axis(Axis(0), y);
                 let r_row = reference.data.index_axis(Axis(0), z);
                 let r_row = r_row.index_axis(Axis(0), y);
-                // Labels come in runs: remember the last lookup (most voxels are background,
-                // which is in no class, and would otherwise scan every class each time).
-                let mut last: Option<(L, Option<usize>)> = None;
-                let mut class_index = |v: L| match last {
-                    Some((label, index)) if label == v => index,
-                    _ => {
-                        let index = class_index(v);
-                        last = Some((v, index));
-                        index
-                    }
-                };
+                let mut lookup = ClassLookup::new(classes);
+                let mut class_index = |v: L| lookup.index(v);
                 let (p_row, r_row) = (row_slice(p_row), row_slice(r_row));
                 let mut x = 0;
                 while x < p_row.len() {

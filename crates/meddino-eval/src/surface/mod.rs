@@ -23,7 +23,7 @@ mod surfel_normals;
 use ndarray::ArrayViewD;
 use rayon::prelude::*;
 
-use crate::grid::{grids, BoundingBox, Dims, Grid};
+use crate::grid::{grids, BoundingBox, ClassLookup, Dims, Grid, SKIP_CHUNK};
 use crate::overlap::class_stats;
 use nearest::Point;
 
@@ -44,9 +44,6 @@ fn class_region<'a, 'b, L: Copy + PartialEq + Sync>(
     Ok((prediction, reference, region))
 }
 
-/// Voxels checked at once for a run of background in [`boundary_voxels`].
-const SKIP_CHUNK: usize = 32;
-
 /// The boundary voxels of each of `classes`, in C order: voxels of the class with a face
 /// neighbour (on the image's axes) of another label or outside the array. They are MONAI's
 /// surface (`mask XOR erosion(mask)`), and every surface element of DeepMind's touches one
@@ -64,25 +61,15 @@ pub(crate) fn boundary_voxels<L: Copy + PartialEq + Sync>(grid: &Grid<'_, L>, cl
         .into_par_iter()
         .map(|z| {
             let mut points = vec![Vec::new(); classes.len()];
-            // Labels come in runs: remember the last lookup.
-            let mut last: Option<(L, Option<usize>)> = None;
+            let mut lookup = ClassLookup::new(classes);
             for y in 0..ny {
                 let row = z * plane + y * nx;
                 let mut x = 0;
                 while x < nx {
                     let i = row + x;
                     let v = m[i];
-                    let class = match last {
-                        Some((label, class)) if label == v => class,
-                        _ => {
-                            let class = classes.iter().position(|&c| c == v);
-                            last = Some((v, class));
-                            class
-                        }
-                    };
-                    let Some(class) = class else {
-                        // Not a class (background): skip its run a chunk at a time, compared
-                        // branch-free so that the check vectorises.
+                    let Some(class) = lookup.index(v) else {
+                        // Not a class (background): skip its run a chunk at a time.
                         let end = (x + SKIP_CHUNK).min(nx);
                         let run = m[i..row + end].iter().fold(true, |same, &w| same & (w == v));
                         x = if run { end } else { x + 1 };
@@ -110,6 +97,11 @@ pub(crate) fn boundary_voxels<L: Copy + PartialEq + Sync>(grid: &Grid<'_, L>, cl
     (0..classes.len())
         .map(|class| per_plane.iter().flat_map(|plane| &plane[class]).copied().collect())
         .collect()
+}
+
+/// The boundary voxels of one class (see [`boundary_voxels`]).
+fn class_boundary<L: Copy + PartialEq + Sync>(grid: &Grid<'_, L>, class: L) -> Vec<Point> {
+    boundary_voxels(grid, &[class]).pop().unwrap_or_default()
 }
 
 /// Validates a tolerance in mm.

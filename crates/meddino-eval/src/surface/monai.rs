@@ -24,7 +24,7 @@
 use ndarray::ArrayViewD;
 
 use super::nearest::{nearest_distances, Arithmetic, Point};
-use super::{boundary_voxels, check_percentile, check_tolerance, class_region};
+use super::{check_percentile, check_tolerance, class_boundary, class_region};
 use crate::grid::{BoundingBox, Dims};
 use crate::Result;
 
@@ -159,11 +159,9 @@ pub fn edge_distances<L: Copy + PartialEq + Sync>(
     spacing: &[f64],
 ) -> Result<EdgeDistances> {
     let (prediction, reference, region) = class_region(prediction, reference, class, spacing)?;
-    let [pred_edges] = <[_; 1]>::try_from(boundary_voxels(&prediction, &[class])).unwrap_or_default();
-    let [ref_edges] = <[_; 1]>::try_from(boundary_voxels(&reference, &[class])).unwrap_or_default();
     Ok(edge_distances_between(
-        &pred_edges,
-        &ref_edges,
+        &class_boundary(&prediction, class),
+        &class_boundary(&reference, class),
         region,
         reference.dims,
         reference.spacing,

@@ -96,7 +96,7 @@ pub(crate) fn nearest_distances(
 }
 
 /// The smallest and largest index along each axis (the caller passes at least one point).
-fn bounds<'a>(points: impl Iterator<Item = &'a Point>) -> (Point, Point) {
+pub(super) fn bounds<'a>(points: impl Iterator<Item = &'a Point>) -> (Point, Point) {
     points.fold(([i32::MAX; 3], [i32::MIN; 3]), |(lo, hi), p| {
         ([0, 1, 2].map(|a| lo[a].min(p[a])), [0, 1, 2].map(|a| hi[a].max(p[a])))
     })

@@ -9,9 +9,9 @@
 
 use ndarray::ArrayViewD;
 
-use super::nearest::{nearest_distances, Arithmetic, Point};
+use super::nearest::{bounds, nearest_distances, Arithmetic, Point};
 use super::surfel_normals::NEIGHBOUR_CODE_TO_NORMALS;
-use super::{boundary_voxels, check_percentile, check_tolerance};
+use super::{check_percentile, check_tolerance, class_boundary};
 use crate::grid::{grids, Dims, Grid};
 use crate::Result;
 
@@ -117,7 +117,7 @@ fn area_table(spacing: [f64; 3], dims: Dims) -> Vec<f64> {
 /// A corner sits between voxels `u − 1` and `u` on each image axis (so `u` runs from 0 to the
 /// axis length) and gets the neighbour code of the 2×2(×2) voxels around it, outside the
 /// array counting as background; it is a surface element when the code is neither empty nor
-/// full. Such a corner touches a boundary voxel of the class ([`boundary_voxels`]), so the
+/// full. Such a corner touches a boundary voxel of the class ([`super::boundary_voxels`]), so the
 /// corners around those are all the candidates: the work follows the surface, not the mask's
 /// bounding box.
 struct Surface {
@@ -140,15 +140,13 @@ impl Surface {
         };
         // Each candidate corner once, in C order (queries in that order walk the k-d tree
         // coherently): a bit per corner of the boundary voxels' box, read back word by word.
-        let Some((lo, hi)) = edge.iter().fold(None, |bounds: Option<(Point, Point)>, p| {
-            let (lo, hi) = bounds.unwrap_or((*p, *p));
-            Some(([0, 1, 2].map(|a| lo[a].min(p[a])), [0, 1, 2].map(|a| hi[a].max(p[a]))))
-        }) else {
+        if edge.is_empty() {
             return Self {
                 points: Vec::new(),
                 areas: Vec::new(),
             };
-        };
+        }
+        let (lo, hi) = bounds(edge.iter());
         let extent = [0, 1, 2].map(|a| (hi[a] - lo[a]) as usize + 1 + usize::from(a > 0 || z_corners.len() > 1));
         let mut candidates = vec![0u64; (extent.iter().product::<usize>()).div_ceil(64)];
         for &[z, y, x] in edge {
@@ -212,7 +210,7 @@ fn directed(from: &Surface, to: &Surface, spacing: [f64; 3]) -> Vec<(f64, f64)> 
 }
 
 /// Surface-element distances of one class from its boundary voxels in each map
-/// ([`boundary_voxels`], array coordinates).
+/// ([`super::boundary_voxels`], array coordinates).
 pub(crate) fn surfel_distances_between<L: Copy + PartialEq>(
     prediction: &Grid<'_, L>,
     reference: &Grid<'_, L>,
@@ -242,16 +240,12 @@ pub fn surfel_distances<L: Copy + PartialEq + Sync>(
     spacing: &[f64],
 ) -> Result<SurfelDistances> {
     let (prediction, reference) = grids(prediction, reference, spacing)?;
-    let edge = |grid| {
-        let [edge] = <[_; 1]>::try_from(boundary_voxels(grid, &[class])).unwrap_or_default();
-        edge
-    };
     Ok(surfel_distances_between(
         &prediction,
         &reference,
         class,
-        &edge(&prediction),
-        &edge(&reference),
+        &class_boundary(&prediction, class),
+        &class_boundary(&reference, class),
     ))
 }
 
