@@ -95,3 +95,50 @@ fn refuses_what_it_cannot_do() {
         .contains("X,Y"));
     assert!(!dir.path().join("out").exists(), "nothing written on failure");
 }
+
+/// `hf:ORG/NAME` from a Hugging Face cache laid out as `huggingface_hub` lays it out, holding a
+/// small model that transformers wrote (the backbone crate's fixture), offline.
+#[test]
+fn reads_hub_models_from_the_cache() {
+    let dir = Dir::new("features-hub");
+    setup(&dir);
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/meddino-backbone/tests/data/hf/mlp_registers");
+    let commit = "5f3c0a1b2d4e6f8091a2b3c4d5e6f708192a3b4c";
+    let repo = dir.path().join("hub/models--facebook--dinov3-vits16-pretrain-lvd1689m");
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).expect("snapshot");
+    std::fs::create_dir_all(repo.join("refs")).expect("refs");
+    std::fs::write(repo.join("refs/main"), commit).expect("ref");
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(file), snapshot.join(file)).expect("copy");
+    }
+    let cache = dir.path().join("hub");
+    let env = [("HF_HUB_CACHE", cache.as_os_str()), ("HF_HUB_OFFLINE", "1".as_ref())];
+    let run = |model: &str| {
+        dir.meddino_env(
+            &[
+                "features",
+                "--checkpoint",
+                model,
+                "--image",
+                "slice.npy",
+                "--size",
+                "64",
+                "--out",
+                "out",
+            ],
+            &env,
+        )
+    };
+    run("hf:facebook/dinov3-vits16-pretrain-lvd1689m").assert_code(0);
+    let image = image::open(dir.path().join("out/pca.png")).expect("pca.png");
+    assert_eq!((image.width(), image.height()), (128, 64));
+    // Not cached and offline: the model and the cache are named.
+    let missing = run("hf:facebook/dinov3-vitb16-pretrain-lvd1689m");
+    let stderr = missing.assert_code(1).stderr();
+    assert!(
+        stderr.contains("facebook/dinov3-vitb16-pretrain-lvd1689m") && stderr.contains(&cache.display().to_string()),
+        "{stderr}"
+    );
+}

@@ -38,10 +38,16 @@ impl Dir {
 
     /// Runs `meddino` with `args` inside this folder.
     pub fn meddino(&self, args: &[&str]) -> TestOutput {
+        self.meddino_env(args, &[])
+    }
+
+    /// Runs `meddino` with `args` and the environment variables `env` inside this folder.
+    pub fn meddino_env(&self, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> TestOutput {
         let output = Command::new(env!("CARGO_BIN_EXE_meddino"))
             .args(args)
             .current_dir(&self.path)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .output()
             .unwrap_or_else(|e| panic!("cannot run meddino {args:?}: {e}"));
         TestOutput {

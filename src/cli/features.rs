@@ -16,12 +16,15 @@ use meddino::train::plot::save_png;
 #[derive(Debug, clap::Args)]
 pub struct FeaturesArgs {
     /// Backbone checkpoint: MedDINOv3 `model.pth` (teacher), a DINOv3 hub `.pth`, an nnU-Net
-    /// `checkpoint_final.pth` of a MedDINOv3 trainer, or safetensors.
-    #[arg(long, value_name = "FILE")]
+    /// `checkpoint_final.pth` of a MedDINOv3 trainer, safetensors, a Hugging Face transformers
+    /// model folder (`config.json` + `model.safetensors`), or `hf:ORG/NAME[@REVISION]` from
+    /// the Hugging Face cache (downloaded when missing, unless HF_HUB_OFFLINE is set).
+    #[arg(long, value_name = "PATH")]
     checkpoint: PathBuf,
 
-    /// Architecture preset (e.g. meddinov3_vitb16, vitb16, vit_small) [default: inferred from
-    /// the checkpoint's shapes when exactly one preset fits].
+    /// Architecture preset (e.g. meddinov3_vitb16, vitb16, vit_small) [default: the config a
+    /// Hugging Face checkpoint declares, else inferred from the checkpoint's shapes when
+    /// exactly one preset fits].
     #[arg(long, value_name = "PRESET", conflicts_with = "config")]
     arch: Option<String>,
 

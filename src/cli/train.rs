@@ -34,9 +34,11 @@ pub struct TrainArgs {
     )]
     trainer: String,
 
-    /// Pretrained backbone weights: MedDINOv3's `model.pth` (teacher) or a DINOv3 `.pth` /
-    /// safetensors file (the official hub file for `dinoUNetTrainer`); must match the backbone
-    /// (see --backbone).
+    /// Pretrained backbone weights: MedDINOv3's `model.pth` (teacher), a DINOv3 `.pth` /
+    /// safetensors file (the official hub file for `dinoUNetTrainer`), a Hugging Face
+    /// transformers model folder, or `hf:ORG/NAME[@REVISION]` from the Hugging Face cache
+    /// (downloaded when missing, unless HF_HUB_OFFLINE is set); must match the backbone (see
+    /// --backbone).
     #[arg(long, value_name = "PATH")]
     pretrained: Option<PathBuf>,
 

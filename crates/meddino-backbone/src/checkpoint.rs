@@ -6,7 +6,10 @@
 //!   prefixed `backbone.`, SSL heads `dino_head.*`/`ibot_head.*` dropped) as the MedDINOv3
 //!   release ships it; an nnU-Net checkpoint (`network_weights`); a `state_dict` or `model`
 //!   wrapper; or a flat state dict as the DINOv3 hub files are. A `module.` prefix (from
-//!   DataParallel) is removed.
+//!   DataParallel) is removed;
+//! - Hugging Face transformers' DINOv3 layout (a `model.safetensors` or sharded folder with
+//!   its `config.json`, or `hf:ORG/NAME[@REVISION]` in the hub cache): renamed into upstream
+//!   DINOv3's layout, with the config it declares (see [`crate::hf`]).
 //!
 //! A segmentation network's state dict holds the backbone under `dino_encoder.`;
 //! [`StateDict::backbone`] picks it out. Loading is strict: every missing, mis-shaped and
@@ -22,6 +25,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::hf::{self, HubCache, HubModel};
 use crate::vit::DinoVisionTransformer;
 
 /// The layout a checkpoint file had.
@@ -37,6 +41,8 @@ pub enum CheckpointFormat {
     Wrapped,
     /// A flat `.pth` state dict.
     FlatPth,
+    /// Hugging Face transformers' `DINOv3ViTModel` (safetensors and `config.json`).
+    HuggingFace,
 }
 
 /// A state dict read from a file, keys normalised as described in the module docs.
@@ -45,23 +51,37 @@ pub struct StateDict {
     path: PathBuf,
     format: CheckpointFormat,
     tensors: HashMap<String, Tensor>,
+    /// The architecture the checkpoint declares (a transformers `config.json`).
+    config: Option<Config>,
 }
 
 /// The prefix under which segmentation networks keep their backbone.
 pub const ENCODER_PREFIX: &str = "dino_encoder.";
 
 impl StateDict {
-    /// Reads a checkpoint onto the CPU.
+    /// Reads a checkpoint onto the CPU: a file in any format of the module docs, a
+    /// Hugging Face model folder (or its shard index), or `hf:ORG/NAME[@REVISION]` (when no
+    /// file has that name), resolved through [`HubCache::from_env`].
     ///
     /// # Errors
     ///
     /// When the file is missing, unreadable, or not a safetensors / PyTorch zip checkpoint
-    /// holding tensors; the error names the file.
+    /// holding tensors; a hub model that is neither cached nor downloadable. The error names
+    /// the file or model.
     pub fn read(path: &Path) -> Result<Self> {
         let fail = |message: String| Error::Checkpoint {
             path: path.to_path_buf(),
             message,
         };
+        if !path.exists() {
+            if let Some(model) = path.to_str().and_then(HubModel::parse) {
+                return Self::read_hf(&HubCache::from_env().resolve(&model?)?);
+            }
+        }
+        let is_index = path.to_str().is_some_and(|p| p.ends_with(".safetensors.index.json"));
+        if path.is_dir() || is_index {
+            return Self::read_hf(path);
+        }
         if !path.is_file() {
             return Err(fail("no such file".into()));
         }
@@ -69,6 +89,9 @@ impl StateDict {
         let (format, entries) = if is_safetensors {
             let tensors = candle_core::safetensors::load(path, &Device::Cpu)
                 .map_err(|e| fail(format!("not a readable safetensors file: {e}")))?;
+            if hf::is_hf_layout(tensors.keys()) {
+                return Ok(Self::from_converted(hf::convert(path, tensors)?));
+            }
             (CheckpointFormat::Safetensors, tensors.into_iter().collect::<Vec<_>>())
         } else {
             Self::read_pth(path)?
@@ -93,7 +116,22 @@ impl StateDict {
             path: path.to_path_buf(),
             format,
             tensors,
+            config: None,
         })
+    }
+
+    /// A transformers model folder, or a file in one.
+    fn read_hf(path: &Path) -> Result<Self> {
+        Ok(Self::from_converted(hf::read(path)?))
+    }
+
+    fn from_converted(converted: hf::Converted) -> Self {
+        Self {
+            path: converted.path,
+            format: CheckpointFormat::HuggingFace,
+            tensors: converted.tensors,
+            config: Some(converted.config),
+        }
     }
 
     /// A PyTorch zip checkpoint: the first wrapper entry that exists, else the top level.
@@ -124,6 +162,7 @@ impl StateDict {
             path: path.into(),
             format: CheckpointFormat::Safetensors,
             tensors,
+            config: None,
         }
     }
 
@@ -152,6 +191,12 @@ impl StateDict {
         self.format
     }
 
+    /// The architecture the checkpoint declares, when its format has a config (a
+    /// transformers `config.json`); [`Config::infer`] returns it.
+    pub fn declared_config(&self) -> Option<&Config> {
+        self.config.as_ref()
+    }
+
     /// All tensors by (normalised) name.
     pub fn tensors(&self) -> &HashMap<String, Tensor> {
         &self.tensors
@@ -174,6 +219,7 @@ impl StateDict {
             path: self.path.clone(),
             format: self.format,
             tensors,
+            config: self.config.clone(),
         }
     }
 
@@ -395,7 +441,7 @@ impl Structure {
             qkv_bias: cfg.qkv_bias,
             mask_k_bias: cfg.qkv_bias && cfg.mask_k_bias,
             swiglu: cfg.ffn_layer != crate::config::FfnLayer::Mlp,
-            ffn_hidden: cfg.ffn_layer.hidden_dim(cfg.embed_dim, cfg.ffn_ratio),
+            ffn_hidden: cfg.ffn_hidden(),
             layer_scale: cfg.has_layer_scale(),
             untie_cls_and_patch_norms: cfg.untie_cls_and_patch_norms,
             untie_global_and_local_cls_norm: cfg.untie_global_and_local_cls_norm,
@@ -450,7 +496,8 @@ impl Structure {
 }
 
 impl Config {
-    /// The preset whose architecture a backbone state dict has, when exactly one fits.
+    /// The architecture a checkpoint declares ([`StateDict::declared_config`]), else the
+    /// preset whose architecture a backbone state dict has, when exactly one fits.
     ///
     /// Shapes tell widths, depth, heads (from the RoPE periods), storage tokens, biases and
     /// the FFN, but not the norm epsilon or the RoPE precision: those come from the preset,
@@ -461,6 +508,9 @@ impl Config {
     /// When no preset or several fit (the message names them), or the state dict lacks the
     /// tensors the inference reads.
     pub fn infer(state: &StateDict) -> Result<Self> {
+        if let Some(config) = state.declared_config() {
+            return Ok(config.clone());
+        }
         let state = state.backbone();
         let structure = Structure::of_state(&state)?;
         let matches: Vec<&str> = Config::PRESETS

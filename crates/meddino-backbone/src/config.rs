@@ -143,6 +143,10 @@ pub struct Config {
     pub norm_layer: NormLayer,
     /// Feed-forward layer.
     pub ffn_layer: FfnLayer,
+    /// The FFN hidden width when given explicitly (transformers' `intermediate_size`); `None`
+    /// (upstream DINOv3, which has no such argument) derives it from `ffn_ratio` and
+    /// `ffn_layer`. See [`Config::ffn_hidden_dim`].
+    pub ffn_hidden_dim: Option<usize>,
     /// Whether FFN layers have biases.
     pub ffn_bias: bool,
     /// Whether the attention output projection has a bias.
@@ -180,6 +184,7 @@ impl Default for Config {
             layerscale_init: None,
             norm_layer: NormLayer::LayerNorm,
             ffn_layer: FfnLayer::Mlp,
+            ffn_hidden_dim: None,
             ffn_bias: true,
             proj_bias: true,
             n_storage_tokens: 0,
@@ -382,6 +387,13 @@ impl Config {
         self.embed_dim / self.num_heads.max(1)
     }
 
+    /// The FFN hidden width: [`Config::ffn_hidden_dim`] when given, else what the reference
+    /// derives from `ffn_ratio` and `ffn_layer`.
+    pub fn ffn_hidden(&self) -> usize {
+        self.ffn_hidden_dim
+            .unwrap_or_else(|| self.ffn_layer.hidden_dim(self.embed_dim, self.ffn_ratio))
+    }
+
     /// Whether LayerScale is present.
     pub fn has_layer_scale(&self) -> bool {
         self.layerscale_init.is_some_and(|v| v != 0.0)
@@ -422,6 +434,9 @@ impl Config {
         }
         if !(0.0..1.0).contains(&self.drop_path_rate) {
             return fail(format!("drop_path_rate {} must be in [0, 1)", self.drop_path_rate));
+        }
+        if self.ffn_hidden_dim == Some(0) {
+            return fail("ffn_hidden_dim must be positive".into());
         }
         if !self.ffn_ratio.is_finite() || self.ffn_ratio <= 0.0 {
             return fail(format!("ffn_ratio {} must be positive", self.ffn_ratio));

@@ -19,7 +19,7 @@ pub(crate) enum Ffn {
 impl Ffn {
     pub(crate) fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let (dim, bias) = (cfg.embed_dim, cfg.ffn_bias);
-        let hidden = cfg.ffn_layer.hidden_dim(dim, cfg.ffn_ratio);
+        let hidden = cfg.ffn_hidden();
         Ok(match cfg.ffn_layer {
             FfnLayer::Mlp => Ffn::Mlp {
                 fc1: linear_b(dim, hidden, bias, vb.pp("fc1"))?,

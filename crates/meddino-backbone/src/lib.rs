@@ -25,6 +25,8 @@
 //! # Features
 //!
 //! - `cuda` (off by default): candle's CUDA backend.
+//! - `hub` (off by default): downloads `hf:ORG/NAME` checkpoints missing from the Hugging Face
+//!   cache (through `hf-hub`); without it, such names resolve from the cache only.
 
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
@@ -37,6 +39,7 @@ pub mod config;
 mod error;
 mod ffn;
 pub mod fused;
+pub mod hf;
 mod layer_scale;
 mod norm;
 mod patch_embed;

@@ -102,7 +102,7 @@ impl RopePositionEmbedding {
 
     /// The periods `_init_weights` computes: `base^(2i / (head_dim/2))`, or
     /// `max · (max/min)^(linspace(0, 1) − 1)`.
-    fn default_periods(cfg: &Config) -> Result<Vec<f32>> {
+    pub(crate) fn default_periods(cfg: &Config) -> Result<Vec<f32>> {
         let n = cfg.head_dim() / 4;
         match (
             cfg.pos_embed_rope_base,
