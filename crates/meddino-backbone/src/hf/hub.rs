@@ -4,7 +4,9 @@
 //! The cache is the one `huggingface_hub` and transformers share: `$HF_HUB_CACHE`, else
 //! `$HF_HOME/hub`, else `~/.cache/huggingface/hub`; a model lives in
 //! `models--ORG--NAME/snapshots/COMMIT/`, and `refs/REVISION` holds the commit a branch or
-//! tag named. `HF_HUB_OFFLINE=1` forbids downloads, as it does for the Python tools.
+//! tag named. `HF_HUB_OFFLINE=1` forbids downloads, as it does for the Python tools;
+//! downloads use `HF_TOKEN` (or the token file `huggingface-cli login` writes) and
+//! `HF_ENDPOINT`, as they do.
 
 use std::path::{Path, PathBuf};
 
@@ -158,8 +160,13 @@ impl HubCache {
         use hf_hub::api::sync::ApiBuilder;
         use hf_hub::{Cache, Repo, RepoType};
 
-        let api = ApiBuilder::from_cache(Cache::new(self.root.clone()))
+        let mut builder = ApiBuilder::from_cache(Cache::new(self.root.clone()))
             .with_progress(true)
+            .with_token(token());
+        if let Some(endpoint) = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()) {
+            builder = builder.with_endpoint(endpoint);
+        }
+        let api = builder
             .build()
             .map_err(|e| format!("the hub client failed: {e}"))?;
         let repo = api.repo(Repo::with_revision(
@@ -187,6 +194,22 @@ impl HubCache {
     fn download(&self, _: &HubModel) -> std::result::Result<PathBuf, String> {
         Err("this build cannot download (meddino-backbone's `hub` feature is off)".into())
     }
+}
+
+/// The access token the Python tools would use (the DINOv3 models are gated): `$HF_TOKEN`,
+/// else the file `$HF_TOKEN_PATH`, else `token` in `$HF_HOME` (default
+/// `~/.cache/huggingface`).
+#[cfg(feature = "hub")]
+fn token() -> Option<String> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
+        return Some(token.trim().to_string());
+    }
+    let file = var("HF_TOKEN_PATH")
+        .or_else(|| var("HF_HOME").map(|home| home.join("token")))
+        .or_else(|| var("HOME").map(|home| home.join(".cache/huggingface/token")))?;
+    let token = std::fs::read_to_string(file).ok()?;
+    Some(token.trim().to_string()).filter(|t| !t.is_empty())
 }
 
 fn is_commit_hash(revision: &str) -> bool {
