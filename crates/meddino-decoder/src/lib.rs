@@ -8,6 +8,9 @@
 //!   the CPU and (feature `cuda`) with hand-written CUDA kernels from the repository's
 //!   `kernels/` folder, compiled to PTX by this crate's build script; and the
 //!   `MSDeformAttn` module around it.
+//! - [`SegmentationNetwork`]: the seam between networks and the trainer and predictor;
+//!   the baselines (PlainConvUNet, SegFormer, the Dino U-Net) implement it in the
+//!   `meddino-baselines` crate, which reuses [`MSDeformAttn`], [`Linear`] and [`WeightInit`].
 //! - Precise behaviour: `shared/spec/meddinov3-reference.md` §2 and §3.
 //!
 //! ```no_run
@@ -28,10 +31,10 @@
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
 
-pub mod baselines;
 mod error;
 #[cfg(feature = "cuda")]
 pub mod kernels;
+pub mod linear;
 pub mod msda;
 mod network;
 pub mod patch_decode;
@@ -39,6 +42,7 @@ pub mod primus;
 
 pub use candle_core as candle;
 pub use error::{Error, Result};
+pub use linear::{Linear, WeightInit};
 pub use meddino_backbone as backbone;
 pub use msda::{level_start_index, ms_deform_attn, MSDeformAttn};
 pub use network::SegmentationNetwork;

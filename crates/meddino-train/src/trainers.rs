@@ -5,9 +5,9 @@
 use candle_nn::VarBuilder;
 use meddino_backbone::checkpoint::ENCODER_PREFIX;
 use meddino_backbone::Config;
-use meddino_decoder::baselines::dino_unet::{DinoUNet, DinoUNetConfig, BACKBONE_PREFIX};
-use meddino_decoder::baselines::segformer::{SegFormer, SegFormerConfig};
-use meddino_decoder::baselines::unet::{PlainConvUNet, PlainConvUNetConfig};
+use meddino_baselines::dino_unet::{DinoUNet, DinoUNetConfig, BACKBONE_PREFIX};
+use meddino_baselines::segformer::{SegFormer, SegFormerConfig};
+use meddino_baselines::unet::{PlainConvUNet, PlainConvUNetConfig};
 use meddino_decoder::{quarter_blocks, Primus, SegmentationNetwork};
 
 use crate::error::{Error, Result};

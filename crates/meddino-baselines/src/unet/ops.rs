@@ -4,8 +4,8 @@
 use candle_core::Tensor;
 use serde_json::{Map, Value};
 
-use crate::baselines::layers::{WeightInit, BATCH_NORM_BUFFERS};
 use crate::error::{Error, Result};
+use crate::layers::{WeightInit, BATCH_NORM_BUFFERS};
 
 /// nnU-Net's `InitWeights_He(1e-2)`, applied to every convolution and transposed convolution.
 pub const NNUNET_INIT: WeightInit = WeightInit::HeNormal { a: 1e-2 };
