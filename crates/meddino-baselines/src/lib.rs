@@ -34,6 +34,11 @@
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
 
+// The README's example runs as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod dino_unet;
 mod error;
 pub mod layers;

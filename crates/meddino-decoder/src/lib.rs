@@ -5,13 +5,13 @@
 //!   [`PatchDecode`]; generic over [`backbone::Backbone`], implementing
 //!   [`SegmentationNetwork`] for training and prediction.
 //! - [`msda`]: multi-scale deformable attention as a candle custom op with a backward, on
-//!   the CPU and (feature `cuda`) with hand-written CUDA kernels from the repository's
-//!   `kernels/` folder, compiled to PTX by this crate's build script; and the
+//!   the CPU and (feature `cuda`) with hand-written CUDA kernels from this crate's
+//!   `kernels/` folder, compiled to PTX by its build script; and the
 //!   `MSDeformAttn` module around it.
 //! - [`SegmentationNetwork`]: the seam between networks and the trainer and predictor;
 //!   the baselines (PlainConvUNet, SegFormer, the Dino U-Net) implement it in the
 //!   `meddino-baselines` crate, which reuses [`MSDeformAttn`], [`Linear`] and [`WeightInit`].
-//! - Precise behaviour: `shared/spec/meddinov3-reference.md` §2 and §3.
+//! - Precise behaviour: MedDINOv3 (<https://github.com/ricklisz/MedDINOv3>)
 //!
 //! ```no_run
 //! use meddino_decoder::{backbone::Config, candle::Device, Interaction, Primus, SegmentationNetwork};
@@ -30,6 +30,11 @@
 
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
+
+// The README's example runs as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 mod error;
 #[cfg(feature = "cuda")]

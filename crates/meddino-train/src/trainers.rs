@@ -1,5 +1,5 @@
 //! Trainers by their nnU-Net names (`-tr`): which network, which backbone and weights,
-//! which optimiser and schedule (`shared/spec/meddinov3-reference.md` §4). The registry is
+//! which optimiser and schedule (MedDINOv3, <https://github.com/ricklisz/MedDINOv3>). The registry is
 //! open: the baselines add their trainers with [`TrainerRegistry::register`].
 
 use candle_nn::VarBuilder;

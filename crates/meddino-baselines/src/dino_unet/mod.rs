@@ -1,5 +1,5 @@
-//! The Dino U-Net baseline (MedDINOv3's `dinoUNetTrainer.py`, `DinoUNet`;
-//! `shared/spec/meddinov3-reference.md` §3.5 and §4.3): a frozen DINOv3 ViT inside a
+//! The Dino U-Net baseline (MedDINOv3's `dinoUNetTrainer.py`, `DinoUNet`,
+//! <https://github.com/ricklisz/MedDINOv3>): a frozen DINOv3 ViT inside a
 //! ViT-Adapter, whose four outputs are projected by `FAPM`, upsampled to full, 1/2, 1/4 and
 //! 1/8 resolution and decoded by nnU-Net's U-Net decoder.
 //!

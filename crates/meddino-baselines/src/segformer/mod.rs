@@ -2,8 +2,8 @@
 //! `segformerTrainer` builds it (`nnunetv2/training/nnUNetTrainer/segformerTrainer.py`,
 //! `SegFormer(model_name='B2', …)` followed by `init_weights()` without a checkpoint), after
 //! Xie et al., "SegFormer: Simple and Efficient Design for Semantic Segmentation with
-//! Transformers" (<https://arxiv.org/abs/2105.15203>). Spec: `shared/spec/meddinov3-reference.md`
-//! §4.2.
+//! Transformers" (<https://arxiv.org/abs/2105.15203>). Upstream:
+//! <https://github.com/ricklisz/MedDINOv3>.
 //!
 //! Layout: images are NCHW; tokens are `[B, H·W, C]` in row-major order. A one-channel input
 //! is repeated to three channels before the encoder, as the reference does with CT slices.

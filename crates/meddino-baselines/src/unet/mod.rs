@@ -1,7 +1,7 @@
 //! nnU-Net's default network, `PlainConvUNet` from dynamic-network-architectures 0.4.x
 //! (<https://github.com/MIC-DKFZ/dynamic-network-architectures>, `architectures/unet.py`,
 //! `building_blocks/{plain_conv_encoder,unet_decoder,simple_conv_blocks}.py`), built from the
-//! `arch_kwargs` of an nnU-Net plans configuration (`shared/spec/nnunet-reference.md` §3.6).
+//! `arch_kwargs` of an nnU-Net plans configuration (nnU-Net v2, <https://github.com/MIC-DKFZ/nnUNet>).
 //!
 //! - Encoder: per stage, `n_conv_per_stage[s]` × [conv k×k, padding (k−1)/2 → norm →
 //!   nonlinearity]; the first conv of stage `s` has stride `strides[s]` (no pooling layer).
