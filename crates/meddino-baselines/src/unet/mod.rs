@@ -22,7 +22,8 @@
 //! Deliberate limits, each refused with an error naming the `arch_kwargs` key: 2-D only
 //! (`conv_op` Conv2d), square kernels and strides, no dropout (`dropout_op` null, as every
 //! nnU-Net plan), norms with affine parameters only, `conv_bias` true (the transposed
-//! convolutions, [`PixelConvTranspose2d`], always carry a bias), and `nonlin_first` false.
+//! convolutions, [`PixelConvTranspose2d`](crate::layers::PixelConvTranspose2d), always carry a
+//! bias), and `nonlin_first` false.
 
 mod blocks;
 mod config;
