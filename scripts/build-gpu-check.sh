@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds, on the CPU machine, everything scripts/gpu-check.sh needs on a GPU machine, into
 # gpu/ (git-ignored; carry it with the device tool's `carry: ["gpu"]`):
-#   gpu/gpu_check.xz   the decoder's gpu_check example built with `--features cuda`, linked
-#                      against stand-in CUDA libraries (the GPU machine has the real ones)
+#   gpu/gpu_check.xz   meddino-baselines' gpu_check example (the decoder's kernels and Primus,
+#                      the Dino U-Net on them) built with `--features cuda`, linked against
+#                      stand-in CUDA libraries (the GPU machine has the real ones)
 #   gpu/train_step.xz  meddino-train's training-step benchmark, built the same way
 #   gpu/forward_bench.xz, gpu/matmul_bench.xz
 #                      meddino-backbone's ViT forward and matrix-product benchmarks (issue

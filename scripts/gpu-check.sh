@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU verification of meddino-decoder, run on a GPU machine (H100/H200, CUDA 13, driver 580,
+# GPU verification of meddino-decoder (and the Dino U-Net of meddino-baselines), run on a GPU machine (H100/H200, CUDA 13, driver 580,
 # python3 with torch, no Rust, no network) from the repository root, after
 # scripts/build-gpu-check.sh prepared gpu/ on the CPU machine and gpu/ was carried over:
 #   1. the CUDA deformable-attention op against the f64 reference (forward and the three

@@ -7,9 +7,9 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::baselines::unet::PlainConvUNetConfig;
 use crate::data::preprocess::PreprocessingPlan;
 use crate::data::{DatasetJson, Plans};
-use crate::decoder::baselines::unet::PlainConvUNetConfig;
 use crate::train::candle::Device;
 use crate::train::checkpoint::TrainingCheckpoint;
 use crate::train::predict::{patch_size_2d, prediction_plan};

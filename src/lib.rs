@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | [`backbone`] | `meddino-backbone` | the DINOv3 ViT, presets, checkpoint loading |
 //! | [`decoder`] | `meddino-decoder` | Primus heads, multi-scale deformable attention |
+//! | [`baselines`] | `meddino-baselines` | PlainConvUNet, SegFormer, the Dino U-Net |
 //! | [`data`] | `nnunet-data` | nnU-Net raw data, NIfTI I/O, planning, preprocessing |
 //! | [`eval`] | `meddino-eval` | Dice, HD95, NSD as MedDINOv3 scores them |
 //! | [`train`] | `meddino-train` | trainers and the sliding-window predictor |
@@ -23,6 +24,7 @@
 pub mod fuzzing;
 
 pub use meddino_backbone as backbone;
+pub use meddino_baselines as baselines;
 pub use meddino_decoder as decoder;
 pub use meddino_eval as eval;
 pub use meddino_train as train;

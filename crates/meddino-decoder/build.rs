@@ -1,4 +1,4 @@
-//! Compiles the repository's `kernels/*.cu` to PTX when the `cuda` feature is on.
+//! Compiles this crate's `kernels/*.cu` to PTX when the `cuda` feature is on.
 //!
 //! CPU builds never call nvcc. The GPU architecture comes from `CUDA_COMPUTE_CAP` (e.g. `90`
 //! for H100/H200), as for candle's own kernels; nvcc from `NVCC`, else `PATH`. The flags are
@@ -24,7 +24,7 @@ fn main() {
 
 fn compile_kernels() -> Result<(), String> {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
-    let kernels = manifest.join("../../kernels");
+    let kernels = manifest.join("kernels");
     let out = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
     println!("cargo::rerun-if-changed={}", kernels.display());
 
@@ -94,7 +94,7 @@ fn compile_one(
         .arg(ptx)
         .arg(source)
         .status()
-        .map_err(|e| format!("cannot run {nvcc} (install it with shared/tools/install-nvcc.sh): {e}"))?;
+        .map_err(|e| format!("cannot run {nvcc} (install the CUDA toolkit, or set NVCC): {e}"))?;
     if status.success() {
         Ok(())
     } else {

@@ -3,7 +3,7 @@
 //! - Paper: *MedDINOv3: How to adapt vision foundation models for medical image
 //!   segmentation?* (arXiv:2509.02379); upstream: `ricklisz/MedDINOv3` (which vendors
 //!   `facebookresearch/dinov3`).
-//! - Precise behaviour: `shared/spec/meddinov3-reference.md` §1 (token layout, RoPE, blocks,
+//! - Precise behaviour: MedDINOv3 (<https://github.com/ricklisz/MedDINOv3>) (token layout, RoPE, blocks,
 //!   norms, `get_intermediate_layers`, state-dict keys, checkpoint layouts, model sizes).
 //!
 //! ```no_run
@@ -31,6 +31,11 @@
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
 
+// The README's example runs as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod attention;
 mod backbone;
 mod block;
@@ -50,6 +55,7 @@ pub mod vit;
 
 pub use backbone::Backbone;
 pub use candle_core as candle;
+pub use candle_nn;
 pub use checkpoint::{CheckpointFormat, StateDict};
 pub use config::{Config, FfnLayer, NormLayer, NormalizeCoords, RopeDtype};
 pub use error::{Error, Result};

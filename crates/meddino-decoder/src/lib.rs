@@ -5,10 +5,13 @@
 //!   [`PatchDecode`]; generic over [`backbone::Backbone`], implementing
 //!   [`SegmentationNetwork`] for training and prediction.
 //! - [`msda`]: multi-scale deformable attention as a candle custom op with a backward, on
-//!   the CPU and (feature `cuda`) with hand-written CUDA kernels from the repository's
-//!   `kernels/` folder, compiled to PTX by this crate's build script; and the
+//!   the CPU and (feature `cuda`) with hand-written CUDA kernels from this crate's
+//!   `kernels/` folder, compiled to PTX by its build script; and the
 //!   `MSDeformAttn` module around it.
-//! - Precise behaviour: `shared/spec/meddinov3-reference.md` §2 and §3.
+//! - [`SegmentationNetwork`]: the seam between networks and the trainer and predictor;
+//!   the baselines (PlainConvUNet, SegFormer, the Dino U-Net) implement it in the
+//!   `meddino-baselines` crate, which reuses [`MSDeformAttn`], [`Linear`] and [`WeightInit`].
+//! - Precise behaviour: MedDINOv3 (<https://github.com/ricklisz/MedDINOv3>)
 //!
 //! ```no_run
 //! use meddino_decoder::{backbone::Config, candle::Device, Interaction, Primus, SegmentationNetwork};
@@ -28,10 +31,15 @@
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
 
-pub mod baselines;
+// The README's example runs as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod error;
 #[cfg(feature = "cuda")]
 pub mod kernels;
+pub mod linear;
 pub mod msda;
 mod network;
 pub mod patch_decode;
@@ -39,6 +47,7 @@ pub mod primus;
 
 pub use candle_core as candle;
 pub use error::{Error, Result};
+pub use linear::{Linear, WeightInit};
 pub use meddino_backbone as backbone;
 pub use msda::{level_start_index, ms_deform_attn, MSDeformAttn};
 pub use network::SegmentationNetwork;

@@ -29,11 +29,16 @@
 //! # Ok::<(), meddino_eval::Error>(())
 //! ```
 //!
-//! Precise behaviour: `shared/spec/meddinov3-reference.md` §5 and
-//! `shared/spec/nnunet-reference.md` §8.
+//! Precise behaviour: MedDINOv3 (<https://github.com/ricklisz/MedDINOv3>) and
+//! nnU-Net v2 (<https://github.com/MIC-DKFZ/nnUNet>).
 
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
+
+// The README's example runs as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub mod case;
 mod edt;

@@ -14,8 +14,8 @@
 //! - Scoring: [`evaluation`] (a folder of predictions → `segmentation_metrics.csv` and
 //!   `summary.json`, as MedDINOv3's `compute_metrics.py`).
 //!
-//! Precise behaviour: `shared/spec/meddinov3-reference.md` §4–5 and
-//! `shared/spec/nnunet-reference.md` §6–8.
+//! Precise behaviour: MedDINOv3 (<https://github.com/ricklisz/MedDINOv3>) and
+//! nnU-Net v2 (<https://github.com/MIC-DKFZ/nnUNet>).
 //!
 //! # Features
 //!

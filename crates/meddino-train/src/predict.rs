@@ -1,4 +1,4 @@
-//! nnU-Net's predictor (`shared/spec/nnunet-reference.md` §7) for 2-D configurations:
+//! nnU-Net's predictor (nnU-Net v2, <https://github.com/MIC-DKFZ/nnUNet>) for 2-D configurations:
 //! each slice of the preprocessed volume is covered by patch-sized tiles (step half a patch),
 //! each tile's logits weighted by a Gaussian importance map, optionally averaged over the
 //! mirrored inputs (test-time augmentation) and over several networks (folds); the logits

@@ -1,13 +1,13 @@
 //! Trainers by their nnU-Net names (`-tr`): which network, which backbone and weights,
-//! which optimiser and schedule (`shared/spec/meddinov3-reference.md` §4). The registry is
+//! which optimiser and schedule (MedDINOv3, <https://github.com/ricklisz/MedDINOv3>). The registry is
 //! open: the baselines add their trainers with [`TrainerRegistry::register`].
 
 use candle_nn::VarBuilder;
 use meddino_backbone::checkpoint::ENCODER_PREFIX;
 use meddino_backbone::Config;
-use meddino_decoder::baselines::dino_unet::{DinoUNet, DinoUNetConfig, BACKBONE_PREFIX};
-use meddino_decoder::baselines::segformer::{SegFormer, SegFormerConfig};
-use meddino_decoder::baselines::unet::{PlainConvUNet, PlainConvUNetConfig};
+use meddino_baselines::dino_unet::{DinoUNet, DinoUNetConfig, BACKBONE_PREFIX};
+use meddino_baselines::segformer::{SegFormer, SegFormerConfig};
+use meddino_baselines::unet::{PlainConvUNet, PlainConvUNetConfig};
 use meddino_decoder::{quarter_blocks, Primus, SegmentationNetwork};
 
 use crate::error::{Error, Result};

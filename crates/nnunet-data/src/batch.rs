@@ -1,5 +1,5 @@
 //! nnU-Net's 2-D training data loader (`nnUNetDataLoader` with a 2-D patch and the
-//! trainer's transforms; `shared/spec/nnunet-reference.md` §6.3–6.4): a batch of random
+//! trainer's transforms; nnU-Net v2 (<https://github.com/MIC-DKFZ/nnUNet>)): a batch of random
 //! slices and patches, the last third forced to contain foreground, loaded at the
 //! augmentation's enlarged size and augmented to the final patch (training), or loaded at the
 //! final patch and only cleaned up (validation).

@@ -8,7 +8,8 @@
 //! Landed so far: [`dataset`] (`dataset.json`), [`io::nifti`] (reading images and label
 //! maps with their spacing), [`split`] (`splits_final.json`, bit-exact folds), [`raw`] (case discovery), [`crop`]
 //! (`crop_to_nonzero`), [`fingerprint`] (`dataset_fingerprint.json`), [`plan`] (`2d` and
-//! `3d_fullres` planning, `nnUNetPlans.json`, `2d_N` derivation). Precise behaviour: `shared/spec/nnunet-reference.md` §1–5.
+//! `3d_fullres` planning, `nnUNetPlans.json`, `2d_N` derivation). Precise behaviour:
+//! nnU-Net v2, <https://github.com/MIC-DKFZ/nnUNet>.
 
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]

@@ -1,4 +1,4 @@
-//! nnU-Net's patch sampling for training (`shared/spec/nnunet-reference.md` §6.3): which
+//! nnU-Net's patch sampling for training (nnU-Net v2, <https://github.com/MIC-DKFZ/nnUNet>): which
 //! samples of a batch must contain foreground, where a patch box lies in a case (random, or
 //! around a stored foreground location), and the crop with padding (data 0, seg −1).
 //!

@@ -5,8 +5,8 @@ use candle_core::{Module, Tensor, Var, D};
 use candle_nn::VarBuilder;
 
 use super::ms_deform_attn;
-use crate::baselines::layers::{Linear, WeightInit};
 use crate::error::{Error, Result};
+use crate::linear::{Linear, WeightInit};
 
 /// Multi-scale deformable attention with its projections.
 #[derive(Debug, Clone)]

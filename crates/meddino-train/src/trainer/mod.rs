@@ -1,4 +1,4 @@
-//! nnU-Net's training loop with a registered trainer (`shared/spec/nnunet-reference.md` §6,
+//! nnU-Net's training loop with a registered trainer (nnU-Net v2 (<https://github.com/MIC-DKFZ/nnUNet>),
 //! `meddinov3-reference.md` §4): epochs of training iterations on augmented batches,
 //! validation iterations computing the pseudo Dice and its EMA, `checkpoint_best` /
 //! `checkpoint_latest` / `checkpoint_final`, the training log and `progress.png`, and

@@ -1,5 +1,5 @@
 //! nnU-Net's 2-D training augmentation (batchgeneratorsv2 as `nnUNetTrainer` configures it;
-//! `shared/spec/nnunet-reference.md` §6.4), per sample, in nnU-Net's order:
+//! nnU-Net v2, <https://github.com/MIC-DKFZ/nnUNet>), per sample, in nnU-Net's order:
 //!
 //! 1. spatial transform to the final patch: rotation (p 0.2, ±180° for near-square
 //!    patches, else ±15°) and scaling (p 0.2, U(0.7, 1.4), > 1 zooms out) about the centre,

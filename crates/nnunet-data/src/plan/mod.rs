@@ -2,7 +2,7 @@
 //! `3d_fullres` configurations, `nnUNetPlans.json` with nnU-Net's structure and key order,
 //! `inherits_from` resolution, and MedDINOv3's derived `2d_N` configurations (`2d_896`).
 //!
-//! The arithmetic follows `shared/spec/nnunet-reference.md` §3 (target spacing with the
+//! The arithmetic follows nnU-Net v2 (<https://github.com/MIC-DKFZ/nnUNet>) (target spacing with the
 //! anisotropy rule, transpose, median shapes, topology, VRAM-bounded patch and batch size);
 //! Python's `round` (ties to even) is kept where nnU-Net uses it.
 

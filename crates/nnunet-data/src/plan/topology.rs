@@ -1,5 +1,5 @@
 //! nnU-Net's network topology arithmetic: `get_pool_and_conv_props` and
-//! `PlainConvUNet.compute_conv_feature_map_size` (see `shared/spec/nnunet-reference.md` §3.4–3.5).
+//! `PlainConvUNet.compute_conv_feature_map_size` (see nnU-Net v2 (<https://github.com/MIC-DKFZ/nnUNet>)).
 
 /// Pooling, kernels and the padded patch for a spacing and patch.
 #[derive(Debug, Clone, PartialEq, Eq)]

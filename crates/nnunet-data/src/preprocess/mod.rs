@@ -1,5 +1,5 @@
 //! nnU-Net's `DefaultPreprocessor.run_case_npy` for one case: transpose, crop to nonzero,
-//! normalise, resample to the configuration's spacing (`shared/spec/nnunet-reference.md` §4).
+//! normalise, resample to the configuration's spacing (nnU-Net v2, <https://github.com/MIC-DKFZ/nnUNet>).
 //!
 //! 2-D configurations never resample the slice axis: their target spacing is the case's own
 //! slice spacing followed by the configuration's in-plane spacing.

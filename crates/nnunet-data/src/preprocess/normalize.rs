@@ -1,5 +1,5 @@
 //! nnU-Net's intensity normalisation schemes, applied per channel to the cropped image
-//! before resampling (`shared/spec/nnunet-reference.md` §3.7), in f32 as nnU-Net computes.
+//! before resampling (nnU-Net v2, <https://github.com/MIC-DKFZ/nnUNet>), in f32 as nnU-Net computes.
 
 use ndarray::{ArrayView3, ArrayViewMut3, Zip};
 

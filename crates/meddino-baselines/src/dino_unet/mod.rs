@@ -1,5 +1,5 @@
-//! The Dino U-Net baseline (MedDINOv3's `dinoUNetTrainer.py`, `DinoUNet`;
-//! `shared/spec/meddinov3-reference.md` §3.5 and §4.3): a frozen DINOv3 ViT inside a
+//! The Dino U-Net baseline (MedDINOv3's `dinoUNetTrainer.py`, `DinoUNet`,
+//! <https://github.com/ricklisz/MedDINOv3>): a frozen DINOv3 ViT inside a
 //! ViT-Adapter, whose four outputs are projected by `FAPM`, upsampled to full, 1/2, 1/4 and
 //! 1/8 resolution and decoded by nnU-Net's U-Net decoder.
 //!
@@ -47,15 +47,15 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use meddino_backbone::stochastic::StochasticRng;
 use meddino_backbone::{Config, DinoVisionTransformer};
+use meddino_decoder::SegmentationNetwork;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use self::adapter::DINOv3Adapter;
 use self::fapm::{LearnableUpsampleBlock, FAPM};
-use crate::baselines::layers::is_batch_norm_buffer;
-use crate::baselines::unet::{ConvOps, Nonlin, NormOp, PlainConvUNetConfig, UNetDecoder, UNetDecoderConfig};
 use crate::error::{Error, Result};
-use crate::network::SegmentationNetwork;
+use crate::layers::is_batch_norm_buffer;
+use crate::unet::{ConvOps, Nonlin, NormOp, PlainConvUNetConfig, UNetDecoder, UNetDecoderConfig};
 
 /// The arguments of `DINOv3_Adapter` (names as upstream); [`Default`] is what
 /// `DinoUNet._create_dinov3_encoder` passes, with the interaction blocks of ViT-B.
@@ -119,7 +119,7 @@ impl AdapterConfig {
                 "the adapter taps four ViT depths, the ViT has {depth} blocks"
             )));
         }
-        Ok(crate::quarter_blocks(depth))
+        Ok(meddino_decoder::quarter_blocks(depth))
     }
 }
 
@@ -323,11 +323,11 @@ fn lcm(a: usize, b: usize) -> usize {
 ///
 /// ```
 /// use candle_nn::{VarBuilder, VarMap};
-/// use meddino_decoder::backbone::Config;
-/// use meddino_decoder::baselines::dino_unet::{AdapterConfig, DinoUNet, DinoUNetConfig};
-/// use meddino_decoder::baselines::unet::ConvOps;
-/// use meddino_decoder::candle::{DType, Device, Tensor};
-/// use meddino_decoder::SegmentationNetwork;
+/// use meddino_baselines::backbone::Config;
+/// use meddino_baselines::dino_unet::{AdapterConfig, DinoUNet, DinoUNetConfig};
+/// use meddino_baselines::unet::ConvOps;
+/// use meddino_baselines::candle::{DType, Device, Tensor};
+/// use meddino_baselines::SegmentationNetwork;
 ///
 /// let cfg = DinoUNetConfig {
 ///     backbone: Config::vit_micro(),
@@ -343,7 +343,7 @@ fn lcm(a: usize, b: usize) -> usize {
 /// let network = DinoUNet::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
 /// let logits = network.forward(&Tensor::zeros((1, 1, 80, 80), DType::F32, &Device::Cpu)?)?;
 /// assert_eq!(logits.dims(), &[1, 3, 80, 80]);
-/// # Ok::<(), meddino_decoder::Error>(())
+/// # Ok::<(), meddino_baselines::Error>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct DinoUNet {

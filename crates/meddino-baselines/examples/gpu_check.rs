@@ -6,7 +6,7 @@
 //! backward time at the Dino U-Net's size. Prints a table last; exits 1 when a check fails.
 //!
 //! ```text
-//! cargo build --features cuda -p meddino-decoder --example gpu_check   (see scripts/build-gpu-check.sh)
+//! cargo build --features cuda -p meddino-baselines --example gpu_check   (see scripts/build-gpu-check.sh)
 //! gpu_check REFERENCE_DIR
 //! ```
 
@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use meddino_baselines::dino_unet::{DinoUNet, DinoUNetConfig};
 use meddino_decoder::backbone::Config;
-use meddino_decoder::baselines::dino_unet::{DinoUNet, DinoUNetConfig};
 use meddino_decoder::{ms_deform_attn, Interaction, Primus, SegmentationNetwork};
 use meddino_testutil::{compare, tensor_to_array, TensorFile};
 

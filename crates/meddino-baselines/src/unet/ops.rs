@@ -4,8 +4,8 @@
 use candle_core::Tensor;
 use serde_json::{Map, Value};
 
-use crate::baselines::layers::{WeightInit, BATCH_NORM_BUFFERS};
 use crate::error::{Error, Result};
+use crate::layers::{WeightInit, BATCH_NORM_BUFFERS};
 
 /// nnU-Net's `InitWeights_He(1e-2)`, applied to every convolution and transposed convolution.
 pub const NNUNET_INIT: WeightInit = WeightInit::HeNormal { a: 1e-2 };
@@ -44,12 +44,12 @@ pub(super) const ARCH_KWARGS: [&str; 16] = [
 /// The normalisation after each convolution.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum NormOp {
-    /// `nn.InstanceNorm2d(affine=True)` ([`InstanceNorm2d`]).
+    /// `nn.InstanceNorm2d(affine=True)` ([`InstanceNorm2d`](crate::layers::InstanceNorm2d)).
     InstanceNorm2d {
         /// Added to the variance.
         eps: f64,
     },
-    /// `nn.BatchNorm2d` with running statistics, momentum 0.1 ([`BatchNorm2d`]).
+    /// `nn.BatchNorm2d` with running statistics, momentum 0.1 ([`BatchNorm2d`](crate::layers::BatchNorm2d)).
     BatchNorm2d {
         /// Added to the variance.
         eps: f64,

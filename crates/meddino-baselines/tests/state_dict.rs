@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use meddino_baselines::segformer::{SegFormer, SegFormerConfig};
+use meddino_baselines::unet::{PlainConvUNet, PlainConvUNetConfig};
 use meddino_decoder::backbone::StateDict;
-use meddino_decoder::baselines::segformer::{SegFormer, SegFormerConfig};
-use meddino_decoder::baselines::unet::{PlainConvUNet, PlainConvUNetConfig};
 use meddino_decoder::SegmentationNetwork;
 use meddino_testutil::{reference_or_skip, ReferenceDir};
 use serde_json::Value;

@@ -21,15 +21,15 @@ use candle_core::{Module, Tensor};
 use candle_nn::{Conv2d, Init, VarBuilder};
 use meddino_backbone::stochastic::StochasticRng;
 use meddino_backbone::{DinoVisionTransformer, IntermediateOptions, LayerSelection};
+use meddino_decoder::msda::{level_start_index, MSDeformAttn};
 
 use super::AdapterConfig;
-use crate::baselines::layers::{
+use crate::error::{Error, Result};
+use crate::layers::{
     conv2d, depthwise_conv3x3, drop_path, from_tokens, max_pool_3x3_stride2, resize_bilinear, to_tokens, BatchNorm2d,
     ConvSpec, LayerNorm, Linear, PixelConvTranspose2d, WeightInit,
 };
-use crate::baselines::unet::NNUNET_INIT;
-use crate::error::{Error, Result};
-use crate::msda::{level_start_index, MSDeformAttn};
+use crate::unet::NNUNET_INIT;
 
 /// Every convolution of the Dino U-Net ends up He-initialised: the trainer applies
 /// `InitWeights_He(1e-2)` to the decoder, whose `encoder` attribute is the whole encoder.

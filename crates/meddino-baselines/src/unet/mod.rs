@@ -1,7 +1,7 @@
 //! nnU-Net's default network, `PlainConvUNet` from dynamic-network-architectures 0.4.x
 //! (<https://github.com/MIC-DKFZ/dynamic-network-architectures>, `architectures/unet.py`,
 //! `building_blocks/{plain_conv_encoder,unet_decoder,simple_conv_blocks}.py`), built from the
-//! `arch_kwargs` of an nnU-Net plans configuration (`shared/spec/nnunet-reference.md` §3.6).
+//! `arch_kwargs` of an nnU-Net plans configuration (nnU-Net v2, <https://github.com/MIC-DKFZ/nnUNet>).
 //!
 //! - Encoder: per stage, `n_conv_per_stage[s]` × [conv k×k, padding (k−1)/2 → norm →
 //!   nonlinearity]; the first conv of stage `s` has stride `strides[s]` (no pooling layer).
@@ -22,161 +22,33 @@
 //! Deliberate limits, each refused with an error naming the `arch_kwargs` key: 2-D only
 //! (`conv_op` Conv2d), square kernels and strides, no dropout (`dropout_op` null, as every
 //! nnU-Net plan), norms with affine parameters only, `conv_bias` true (the transposed
-//! convolutions, [`PixelConvTranspose2d`], always carry a bias), and `nonlin_first` false.
+//! convolutions, [`PixelConvTranspose2d`](crate::layers::PixelConvTranspose2d), always carry a
+//! bias), and `nonlin_first` false.
 
 mod blocks;
+mod config;
 mod decoder;
 mod ops;
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
-use serde_json::Value;
+use meddino_decoder::SegmentationNetwork;
 
-use crate::baselines::layers::is_batch_norm_buffer;
 use crate::error::{Error, Result};
-use crate::network::SegmentationNetwork;
+use crate::layers::is_batch_norm_buffer;
 
 pub use self::blocks::StackedConvBlocks;
+pub use self::config::PlainConvUNetConfig;
 pub use self::decoder::{UNetDecoder, UNetDecoderConfig};
-use self::ops::{as_object, per_stage, per_stage_square, positive, ARCH_KWARGS};
 pub use self::ops::{ConvOps, Nonlin, NormOp, NNUNET_INIT};
-
-/// A PlainConvUNet's configuration: a plans configuration's `arch_kwargs` plus the input
-/// channels (`channel_names` of dataset.json) and classes (its `labels`). Lists over stages
-/// run highest resolution first.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PlainConvUNetConfig {
-    /// Input channels.
-    pub input_channels: usize,
-    /// Encoder stages (`n_stages`).
-    pub n_stages: usize,
-    /// Output channels of each encoder stage (`features_per_stage`).
-    pub features_per_stage: Vec<usize>,
-    /// Square kernel of each stage's convs (`kernel_sizes`).
-    pub kernel_sizes: Vec<usize>,
-    /// Square stride of each stage's first conv (`strides`).
-    pub strides: Vec<usize>,
-    /// Convs per encoder stage (`n_conv_per_stage`).
-    pub n_conv_per_stage: Vec<usize>,
-    /// Convs per decoder stage, deepest first (`n_conv_per_stage_decoder`, `n_stages − 1`
-    /// entries).
-    pub n_conv_per_stage_decoder: Vec<usize>,
-    /// Bias, norm and nonlinearity of every conv block.
-    pub ops: ConvOps,
-    /// Output classes, background included.
-    pub num_classes: usize,
-}
-
-impl PlainConvUNetConfig {
-    /// Reads a plans configuration's `architecture.arch_kwargs` (see
-    /// [`ConvOps::from_arch_kwargs`] for the operation keys). Per-stage entries may be lists
-    /// or one value for every stage, as upstream; kernel sizes and strides are `[a, a]` or `a`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] naming the key and what was expected when a key is missing,
-    /// unknown, of the wrong type or length, non-square, or refused by
-    /// [`ConvOps::from_arch_kwargs`] or [`Self::validate`].
-    pub fn from_arch_kwargs(kwargs: &Value, input_channels: usize, num_classes: usize) -> Result<Self> {
-        let object = as_object(kwargs)?;
-        if let Some(key) = object.keys().find(|k| !ARCH_KWARGS.contains(&k.as_str())) {
-            return Err(Error::Config(format!(
-                "arch_kwargs.{key}: unknown argument for PlainConvUNet (known: {})",
-                ARCH_KWARGS.join(", ")
-            )));
-        }
-        let ops = ConvOps::from_arch_kwargs(kwargs)?;
-        let n_stages = positive(
-            object
-                .get("n_stages")
-                .ok_or_else(|| Error::Config("arch_kwargs.n_stages is missing".into()))?,
-            "arch_kwargs.n_stages",
-        )?;
-        if n_stages < 2 {
-            return Err(Error::Config(format!(
-                "arch_kwargs.n_stages: expected at least 2 (one decoder stage), got {n_stages}"
-            )));
-        }
-        let cfg = Self {
-            input_channels,
-            n_stages,
-            features_per_stage: per_stage(object, "features_per_stage", n_stages, "n_stages")?,
-            kernel_sizes: per_stage_square(object, "kernel_sizes", n_stages)?,
-            strides: per_stage_square(object, "strides", n_stages)?,
-            n_conv_per_stage: per_stage(object, "n_conv_per_stage", n_stages, "n_stages")?,
-            n_conv_per_stage_decoder: per_stage(object, "n_conv_per_stage_decoder", n_stages - 1, "n_stages − 1")?,
-            ops,
-            num_classes,
-        };
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    /// Checks lengths and sizes.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] naming the field when `n_stages < 2`, a list does not have
-    /// `n_stages` (or `n_stages − 1`) entries, a size is zero, or the decoder is refused by
-    /// [`UNetDecoderConfig::validate`].
-    pub fn validate(&self) -> Result<()> {
-        let n = self.n_stages;
-        if n < 2 {
-            return Err(Error::Config(format!(
-                "n_stages: expected at least 2 (one decoder stage), got {n}"
-            )));
-        }
-        for (name, list, expected) in [
-            ("features_per_stage", &self.features_per_stage, n),
-            ("kernel_sizes", &self.kernel_sizes, n),
-            ("strides", &self.strides, n),
-            ("n_conv_per_stage", &self.n_conv_per_stage, n),
-            ("n_conv_per_stage_decoder", &self.n_conv_per_stage_decoder, n - 1),
-        ] {
-            if list.len() != expected {
-                return Err(Error::Config(format!(
-                    "{name} has {} entries ({list:?}), expected {expected} for n_stages = {n}",
-                    list.len()
-                )));
-            }
-            if list.contains(&0) {
-                return Err(Error::Config(format!("{name} must be positive, got {list:?}")));
-            }
-        }
-        if self.input_channels == 0 || self.num_classes == 0 {
-            return Err(Error::Config(format!(
-                "input channels and classes must be positive, got {} and {}",
-                self.input_channels, self.num_classes
-            )));
-        }
-        self.decoder().validate()
-    }
-
-    /// The decoder's configuration.
-    pub fn decoder(&self) -> UNetDecoderConfig {
-        UNetDecoderConfig {
-            encoder_channels: self.features_per_stage.clone(),
-            strides: self.strides.clone(),
-            kernel_sizes: self.kernel_sizes.clone(),
-            n_conv_per_stage_decoder: self.n_conv_per_stage_decoder.clone(),
-            ops: self.ops,
-            num_classes: self.num_classes,
-        }
-    }
-
-    /// H and W must be multiples of this: the product of the strides.
-    pub fn input_multiple(&self) -> usize {
-        self.strides.iter().product()
-    }
-}
 
 /// nnU-Net's `PlainConvUNet` with deep supervision: a conv encoder (`encoder.stages.S.0`)
 /// and a [`UNetDecoder`] (`decoder`).
 ///
 /// ```
-/// use meddino_decoder::baselines::unet::{ConvOps, PlainConvUNet, PlainConvUNetConfig};
-/// use meddino_decoder::candle::{DType, Device, Tensor};
-/// use meddino_decoder::SegmentationNetwork;
+/// use meddino_baselines::unet::{ConvOps, PlainConvUNet, PlainConvUNetConfig};
+/// use meddino_baselines::candle::{DType, Device, Tensor};
+/// use meddino_baselines::SegmentationNetwork;
 /// use candle_nn::{VarBuilder, VarMap};
 ///
 /// let cfg = PlainConvUNetConfig {
@@ -194,7 +66,7 @@ impl PlainConvUNetConfig {
 /// let network = PlainConvUNet::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
 /// let logits = network.forward(&Tensor::zeros((1, 1, 16, 16), DType::F32, &Device::Cpu)?)?;
 /// assert_eq!(logits.dims(), [1, 3, 16, 16]);
-/// # Ok::<(), meddino_decoder::Error>(())
+/// # Ok::<(), meddino_baselines::Error>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct PlainConvUNet {
@@ -343,6 +215,7 @@ mod tests {
     use candle_nn::VarMap;
     use meddino_testutil::assert_gradients_reach;
     use serde_json::json;
+    use serde_json::Value;
 
     fn tiny(ops: ConvOps) -> PlainConvUNetConfig {
         PlainConvUNetConfig {

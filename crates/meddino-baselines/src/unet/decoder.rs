@@ -5,8 +5,8 @@ use candle_nn::{Conv2d, VarBuilder};
 
 use super::blocks::{join, StackedConvBlocks};
 use super::ops::{ConvOps, NNUNET_INIT};
-use crate::baselines::layers::{conv2d, ConvSpec, PixelConvTranspose2d};
 use crate::error::{Error, Result};
+use crate::layers::{conv2d, ConvSpec, PixelConvTranspose2d};
 
 /// The shape of a [`UNetDecoder`]: what it needs to know about its encoder, and its own
 /// settings. Lists over stages run highest resolution first (encoder order).

@@ -11,10 +11,10 @@ use candle_core::{Module, Tensor, D};
 use candle_nn::{Conv2d, VarBuilder};
 
 use super::adapter::CONV_INIT;
-use crate::baselines::layers::depthwise_conv3x3;
-use crate::baselines::layers::{conv2d, resize_bilinear, BatchNorm2d, ConvSpec, InstanceNorm2d, PixelConvTranspose2d};
-use crate::baselines::unet::{ConvOps, Nonlin, NormOp};
 use crate::error::{Error, Result};
+use crate::layers::depthwise_conv3x3;
+use crate::layers::{conv2d, resize_bilinear, BatchNorm2d, ConvSpec, InstanceNorm2d, PixelConvTranspose2d};
+use crate::unet::{ConvOps, Nonlin, NormOp};
 
 /// The plans' norm (`norm(oc, **norm_kwargs)`), or the identity without one.
 #[derive(Debug, Clone)]

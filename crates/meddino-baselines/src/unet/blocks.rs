@@ -4,8 +4,8 @@ use candle_core::{Module, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
 
 use super::ops::{ConvOps, Nonlin, NormOp, NNUNET_INIT};
-use crate::baselines::layers::{conv2d, BatchNorm2d, ConvSpec, InstanceNorm2d};
 use crate::error::{Error, Result};
+use crate::layers::{conv2d, BatchNorm2d, ConvSpec, InstanceNorm2d};
 
 /// `prefix.rest`, or `rest` for an empty prefix.
 pub(super) fn join(prefix: &str, rest: &str) -> String {

@@ -1,15 +1,15 @@
 //! Seconds per training step (forward + backward) of each baseline network on the CPU, at
-//! the reference phantoms' 2-D patch (80×80, batch 2): `cargo run -p meddino-decoder
+//! the reference phantoms' 2-D patch (80×80, batch 2): `cargo run -p meddino-baselines
 //! --example baseline_step` (the workspace's dev profile optimises).
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use meddino_baselines::dino_unet::{DinoUNet, DinoUNetConfig};
+use meddino_baselines::segformer::{SegFormer, SegFormerConfig};
+use meddino_baselines::unet::{PlainConvUNet, PlainConvUNetConfig};
 use meddino_decoder::backbone::Config;
-use meddino_decoder::baselines::dino_unet::{DinoUNet, DinoUNetConfig};
-use meddino_decoder::baselines::segformer::{SegFormer, SegFormerConfig};
-use meddino_decoder::baselines::unet::{PlainConvUNet, PlainConvUNetConfig};
 use meddino_decoder::SegmentationNetwork;
 
 /// nnU-Net's 2-D architecture for the phantoms (5 stages, 32…512 features).

@@ -4,9 +4,9 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Optimizer, VarBuilder, VarMap, SGD};
+use meddino_baselines::dino_unet::{AdapterConfig, DinoUNet, DinoUNetConfig, BACKBONE_PREFIX};
+use meddino_baselines::unet::ConvOps;
 use meddino_decoder::backbone::Config;
-use meddino_decoder::baselines::dino_unet::{AdapterConfig, DinoUNet, DinoUNetConfig, BACKBONE_PREFIX};
-use meddino_decoder::baselines::unet::ConvOps;
 use meddino_decoder::{Error, SegmentationNetwork};
 use meddino_testutil::gradient_norm_sq;
 
