@@ -41,6 +41,11 @@ mod splitmix;
 pub mod trainer;
 pub mod trainers;
 
+// The README's example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use candle_core as candle;
 pub use error::{Error, Result};
 pub use meddino_decoder as decoder;

@@ -5,8 +5,9 @@
 //! cargo run --manifest-path examples/downstream/Cargo.toml [CHECKPOINT]
 //! ```
 //!
-//! With a checkpoint path (MedDINOv3 `.pth`, DINOv3 hub `.pth`, nnU-Net checkpoint or
-//! safetensors) the preset is inferred from its shapes. Without one, a tiny randomly
+//! With a checkpoint (MedDINOv3 `.pth`, DINOv3 hub `.pth`, nnU-Net checkpoint, safetensors,
+//! a Hugging Face transformers folder or `hf:ORG/NAME`) the config is the one it declares or
+//! the preset its shapes fit. Without one, a tiny randomly
 //! initialised ViT (ViT-S's layout at a fraction of its size) is written as safetensors to a
 //! temporary folder and loaded back.
 
