@@ -10,8 +10,8 @@
 //!   on the voxel-corner grid, weighted by their marching-cubes area (contour length in 2-D).
 //!
 //! Both start from the classes' boundary voxels, found in one pass over each label map
-//! ([`boundary_voxels`]), and measure distances between the two surfaces' points only
-//! ([`nearest`]), so after that pass the cost follows the surfaces rather than the volume:
+//! (`boundary_voxels`), and measure distances between the two surfaces' points only
+//! (module `nearest`), so after that pass the cost follows the surfaces rather than the volume:
 //! cheap for small organs in large volumes, and for predictions strewn with small false
 //! positives.
 
@@ -99,7 +99,7 @@ pub(crate) fn boundary_voxels<L: Copy + PartialEq + Sync>(grid: &Grid<'_, L>, cl
         .collect()
 }
 
-/// The boundary voxels of one class (see [`boundary_voxels`]).
+/// The boundary voxels of one class (see `boundary_voxels`).
 fn class_boundary<L: Copy + PartialEq + Sync>(grid: &Grid<'_, L>, class: L) -> Vec<Point> {
     boundary_voxels(grid, &[class]).pop().unwrap_or_default()
 }

@@ -3,7 +3,7 @@
 //!
 //! MONAI 1.6 works in float32, and so does this module, bit for bit on CPU:
 //! - a distance is scipy's `KDTree` distance between boundary voxels at coordinates
-//!   `index · spacing` (float64), rounded to float32 (see [`super::nearest`]);
+//!   `index · spacing` (float64), rounded to float32 (see the `nearest` module);
 //! - the NSD tolerance is rounded to float32 and compared with the float32 distances, and
 //!   the NSD itself is a float32 quotient of the two counts;
 //! - percentiles are `torch.quantile` on the float32 distances: the rank
