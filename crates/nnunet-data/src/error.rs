@@ -110,10 +110,8 @@ pub enum Error {
         path: PathBuf,
     },
     /// Files of more than one series in one folder (one folder must be one series).
-    #[error("{}: more than one DICOM series: SeriesInstanceUID {first_uid} ({}) and {other_uid} ({}); put each series in its own folder", folder.display(), first.display(), other.display())]
+    #[error("more than one DICOM series in one folder: SeriesInstanceUID {first_uid} ({}) and {other_uid} ({}); put each series in its own folder", first.display(), other.display())]
     MixedSeries {
-        /// The folder.
-        folder: PathBuf,
         /// The first series' UID.
         first_uid: String,
         /// A file of the first series.
@@ -151,11 +149,11 @@ pub enum Error {
         /// The first file (in file-name order).
         first: PathBuf,
         /// Its row and column cosines.
-        first_value: [f64; 6],
+        first_value: Box<[f64; 6]>,
         /// A file that differs.
         other: PathBuf,
         /// Its row and column cosines.
-        other_value: [f64; 6],
+        other_value: Box<[f64; 6]>,
     },
     /// Slices of one series that differ in size, pixel spacing or pixel format.
     #[error("{} has {attribute} {first_value}, {} has {other_value}: slices of one volume must agree", first.display(), other.display())]
@@ -167,31 +165,29 @@ pub enum Error {
         /// The attribute's keyword (`Rows`, `Columns`, `PixelSpacing`, `BitsAllocated`, ...).
         attribute: &'static str,
         /// The first file's value.
-        first_value: String,
+        first_value: Box<str>,
         /// The other file's value.
-        other_value: String,
+        other_value: Box<str>,
     },
     /// Slice positions that do not lie along the slice normal (a gantry-tilted or sheared
     /// acquisition), which a volume with an orthogonal direction cannot represent.
-    #[error("{}: slice positions are tilted {angle_degrees:.3}° from the slice normal (from {} to {}; tolerance {tolerance}); gantry-tilted series must be resampled first", folder.display(), first.display(), other.display())]
+    #[error("slice positions are tilted {angle_degrees:.3}° from the slice normal (from {} to {}, {off_line:.4} mm off the normal, tolerance {tolerance:.4} mm); gantry-tilted series must be resampled first", first.display(), other.display())]
     GantryTilt {
-        /// The folder.
-        folder: PathBuf,
         /// The first slice along the normal.
         first: PathBuf,
         /// The slice whose position strays most.
         other: PathBuf,
         /// The angle between the normal and the line from the first slice to `other`.
         angle_degrees: f64,
-        /// The tolerance applied, in words.
-        tolerance: String,
+        /// How far `other` lies from the line through the first slice along the normal (mm).
+        off_line: f64,
+        /// The distance allowed there (mm).
+        tolerance: f64,
     },
     /// Gaps between neighbouring slices that differ from the series' median gap (a missing or
     /// duplicated slice).
-    #[error("{}: non-uniform slice spacing: {} at {from:.4} mm and {} at {to:.4} mm along the normal are {gap:.4} mm apart, expected {expected:.4} mm (tolerance {tolerance})", folder.display(), first.display(), second.display())]
+    #[error("non-uniform slice spacing: {} at {from:.4} mm and {} at {to:.4} mm along the normal are {gap:.4} mm apart, expected {expected:.4} mm (tolerance {tolerance:.4} mm)", first.display(), second.display())]
     NonUniformSpacing {
-        /// The folder.
-        folder: PathBuf,
         /// The slice before the gap.
         first: PathBuf,
         /// The slice after the gap.
@@ -204,8 +200,8 @@ pub enum Error {
         gap: f64,
         /// The median gap of the series (mm).
         expected: f64,
-        /// The tolerance applied, in words.
-        tolerance: String,
+        /// The difference from `expected` allowed (mm).
+        tolerance: f64,
     },
     /// A transfer syntax whose pixel data this build cannot decode.
     #[error("{}: transfer syntax {uid} ({name}) cannot be decoded: {reason}", path.display())]

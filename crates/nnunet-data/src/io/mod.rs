@@ -43,7 +43,7 @@ pub struct Volume {
 /// When a file cannot be read, or the channels differ in shape or spacing (the error names
 /// both files).
 pub fn read_images(paths: &[PathBuf]) -> Result<Volume> {
-    stack_channels(paths, |path| read_image(path))
+    stack_channels(paths, read_image)
 }
 
 /// Reads each of `paths` with `read` and stacks the images as channels, as [`read_images`].

@@ -66,7 +66,6 @@ fn check_consistent(folder: &Path, slices: &[SliceHeader]) -> Result<()> {
     for other in &slices[1..] {
         if other.series_uid != first.series_uid {
             return Err(Error::MixedSeries {
-                folder: folder.to_path_buf(),
                 first_uid: first.series_uid.clone(),
                 first: first.path.clone(),
                 other_uid: other.series_uid.clone(),
@@ -79,8 +78,8 @@ fn check_consistent(folder: &Path, slices: &[SliceHeader]) -> Result<()> {
             first: first.path.clone(),
             other: other.path.clone(),
             attribute,
-            first_value: a,
-            other_value: b,
+            first_value: a.into(),
+            other_value: b.into(),
         };
         if first
             .orientation
@@ -90,9 +89,9 @@ fn check_consistent(folder: &Path, slices: &[SliceHeader]) -> Result<()> {
         {
             return Err(Error::InconsistentOrientation {
                 first: first.path.clone(),
-                first_value: first.orientation,
+                first_value: Box::new(first.orientation),
                 other: other.path.clone(),
-                other_value: other.orientation,
+                other_value: Box::new(other.orientation),
             });
         }
         if first.rows != other.rows {
@@ -150,12 +149,6 @@ pub(crate) fn layout(folder: &Path, slices: &[SliceHeader], options: &DicomReadO
     let head = &slices[order[0]];
     let tail = &slices[order[order.len() - 1]];
     let tolerance = |length: f64| options.absolute_tolerance_mm + options.relative_tolerance * length.abs();
-    let describe = |length: f64| {
-        format!(
-            "{} mm + {} × {length:.4} mm",
-            options.absolute_tolerance_mm, options.relative_tolerance
-        )
-    };
 
     // Gantry tilt: every position on the line through the first along the normal.
     let mut worst: Option<(f64, usize, f64, f64)> = None; // (excess, index, off-line, along)
@@ -170,11 +163,11 @@ pub(crate) fn layout(folder: &Path, slices: &[SliceHeader], options: &DicomReadO
     }
     if let Some((_, k, off_line, distance)) = worst {
         return Err(Error::GantryTilt {
-            folder: folder.to_path_buf(),
             first: head.path.clone(),
             other: slices[k].path.clone(),
             angle_degrees: off_line.atan2(distance.abs()).to_degrees(),
-            tolerance: format!("{} off the normal", describe(distance)),
+            off_line,
+            tolerance: tolerance(distance),
         });
     }
 
@@ -193,14 +186,13 @@ pub(crate) fn layout(folder: &Path, slices: &[SliceHeader], options: &DicomReadO
         .max_by(|a, b| (a.0 - expected).abs().total_cmp(&(b.0 - expected).abs()));
     if let Some(&(gap, a, b)) = worst {
         return Err(Error::NonUniformSpacing {
-            folder: folder.to_path_buf(),
             first: slices[a].path.clone(),
             second: slices[b].path.clone(),
             from: along[a],
             to: along[b],
             gap,
             expected,
-            tolerance: describe(expected),
+            tolerance: tolerance(expected),
         });
     }
 
