@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{read_images, ImageReader, Volume};
+use super::{read_images, Volume};
 use crate::error::{Error, Result};
 
 /// Where one case's images come from.
@@ -47,7 +47,10 @@ impl CaseSource {
         match self {
             Self::Files(files) => read_images(files),
             #[cfg(feature = "dicom")]
-            Self::DicomSeries(folder) => super::dicom::DicomIo::default().read_images(std::slice::from_ref(folder)),
+            Self::DicomSeries(folder) => {
+                use super::ImageReader;
+                super::dicom::DicomIo::default().read_images(std::slice::from_ref(folder))
+            }
         }
     }
 }
@@ -77,8 +80,7 @@ pub fn input_cases(input: &Path, ending: &str, channels: usize) -> Result<BTreeM
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         if path.is_dir() {
-            #[cfg(feature = "dicom")]
-            if super::dicom::is_dicom_series_folder(&path) {
+            if is_series_folder(&path) {
                 let _ = folders.insert(name, path);
             }
             continue;
@@ -143,5 +145,18 @@ pub fn input_cases(input: &Path, ending: &str, channels: usize) -> Result<BTreeM
             path: input.to_path_buf(),
             problems,
         })
+    }
+}
+
+/// Whether `folder` is a case of its own: a DICOM series folder (never without `dicom`).
+fn is_series_folder(folder: &Path) -> bool {
+    #[cfg(feature = "dicom")]
+    {
+        super::dicom::is_dicom_series_folder(folder)
+    }
+    #[cfg(not(feature = "dicom"))]
+    {
+        let _ = folder;
+        false
     }
 }
