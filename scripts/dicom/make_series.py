@@ -115,7 +115,7 @@ def write_series(folder, spec, rng):
             delattr(d, key)
         if syntax == RLELossless:
             d.PixelData = pixels.tobytes()
-            d.compress(RLELossless, encoding_plugin="pydicom")
+            d.compress(RLELossless, encoding_plugin="pydicom", generate_instance_uid=False)
         elif syntax == JPEG2000Lossless:
             # Not real JPEG 2000: enough to be refused by transfer syntax before any decoding.
             d.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(60)])
