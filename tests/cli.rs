@@ -3,13 +3,14 @@
 use crate::util::Dir;
 
 /// Every subcommand the design calls for (DESIGN.md, issue 2).
-const SUBCOMMANDS: [&str; 6] = [
+const SUBCOMMANDS: [&str; 7] = [
     "plan-and-preprocess",
     "train",
     "predict",
     "evaluate",
     "features",
     "demo",
+    "convert",
 ];
 
 #[test]

@@ -21,6 +21,9 @@ mod train;
 // The baselines' trainers (nnU-Net, SegFormer, Dino U-Net): short runs, then prediction.
 mod baselines;
 
+// DICOM series as input: `meddino convert dicom`, `meddino predict` on series folders.
+mod dicom;
+
 // The catalogue of malformed inputs: exit status 1, the culprit named, nothing written.
 mod malformed;
 

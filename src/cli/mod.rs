@@ -2,6 +2,7 @@
 //!
 //! Each subcommand mirrors the nnU-Net / MedDINOv3 command it replaces.
 
+mod convert;
 mod demo;
 mod evaluate;
 mod features;
@@ -88,7 +89,9 @@ enum Command {
         in-plane axes unless --disable-tta), the folds' logits averaged, resampled back to the \
         original geometry and argmaxed; label maps are written with the input's exact geometry. \
         Reads checkpoints of `meddino train` (checkpoint_*.safetensors) or of the Python MedDINOv3 \
-        trainers (checkpoint_*.pth, with plans.json and dataset.json beside the folds).")]
+        trainers (checkpoint_*.pth, with plans.json and dataset.json beside the folds). The input \
+        folder holds channel files {case}_{XXXX}{ending} and/or sub-folders of one DICOM series \
+        each (a case named after the folder, read as `meddino convert dicom` reads it).")]
     Predict(predict::PredictArgs),
 
     /// Score a folder of predictions with Dice, HD95 and NSD as MedDINOv3 does.
@@ -99,6 +102,12 @@ enum Command {
         and their class-wise average; NaN as null) and prints the summary. A class absent from \
         a case's label is NaN for that case and skipped in the means.")]
     Evaluate(evaluate::EvaluateArgs),
+
+    /// Convert images into the formats the pipeline reads: `convert dicom DIR OUT.nii.gz`.
+    #[command(long_about = "Convert images into the formats the pipeline reads. `convert dicom \
+        DIR OUT.nii.gz` writes the DICOM series in DIR as one NIfTI image with SimpleITK's \
+        geometry.")]
+    Convert(convert::ConvertArgs),
 
     /// Show a backbone's patch features of a CT slice: PCA colours and patch similarity.
     #[command(long_about = "Load a DINOv3 / MedDINOv3 backbone checkpoint, extract the patch \
@@ -207,5 +216,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Predict(args) => predict::run(args),
+        Command::Convert(args) => convert::run(args),
     }
 }

@@ -1,11 +1,10 @@
 //! `meddino predict`: nnUNetv2_predict with trained folds.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use meddino::data::io::{read_images, write_atomic, ImageWriter, NiftiIo};
+use meddino::data::io::{input_cases, write_atomic, ImageWriter, NiftiIo};
 use meddino::train::model::TrainedModel;
 use meddino::train::predict::{predict_volume, prediction_plan, SlidingWindowOptions};
 use meddino::train::trainer::{CHECKPOINT_BEST, CHECKPOINT_FINAL};
@@ -16,11 +15,13 @@ use super::train::DeviceArg;
 /// Arguments of `meddino predict`.
 #[derive(Debug, clap::Args)]
 pub struct PredictArgs {
-    /// Input folder: files `{case}_{XXXX}{ending}`, one per channel, as imagesTs.
+    /// Input folder: files `{case}_{XXXX}{ending}`, one per channel, as imagesTs; and/or
+    /// sub-folders each holding one DICOM series (a case named after the folder).
     #[arg(short = 'i', long = "input", value_name = "DIR")]
     input: PathBuf,
 
-    /// Output folder (created): `{case}{ending}` label maps in the inputs' geometry.
+    /// Output folder (created): `{case}{ending}` label maps in the inputs' geometry (a DICOM
+    /// series' case gets the geometry SimpleITK's series reader gives it).
     #[arg(short = 'o', long = "output", value_name = "DIR")]
     output: PathBuf,
 
@@ -98,48 +99,6 @@ fn checkpoint_file(fold: &Path, which: CheckpointArg) -> Option<PathBuf> {
     [fold.join(ours), fold.join(pth)].into_iter().find(|p| p.is_file())
 }
 
-/// Groups `{case}_{XXXX}{ending}` files by case, checking the channel count.
-fn input_cases(input: &Path, ending: &str, channels: usize) -> anyhow::Result<BTreeMap<String, Vec<PathBuf>>> {
-    let mut cases: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    let entries = std::fs::read_dir(input).with_context(|| format!("cannot list {}", input.display()))?;
-    for entry in entries {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        let Some(stem) = name.strip_suffix(ending) else {
-            continue;
-        };
-        let Some((case, channel)) = stem
-            .rsplit_once('_')
-            .filter(|(_, c)| c.len() == 4 && c.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            bail!(
-                "{}: not named {{case}}_{{XXXX}}{ending} (XXXX the channel)",
-                input.join(&name).display()
-            );
-        };
-        let _ = channel;
-        cases.entry(case.to_string()).or_default().push(input.join(&name));
-    }
-    if cases.is_empty() {
-        bail!("no input files ending in {ending:?} in {}", input.display());
-    }
-    for (case, files) in &mut cases {
-        files.sort();
-        if files.len() != channels {
-            bail!(
-                "case {case} has {} channel file(s) in {}, the model takes {channels} ({})",
-                files.len(),
-                input.display(),
-                files
-                    .iter()
-                    .map(|f| f.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-    }
-    Ok(cases)
-}
-
 /// Runs `meddino predict`.
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let dataset_folder = super::find_dataset(&args.results, &args.dataset)?;
@@ -201,7 +160,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     );
     bar.set_prefix("predict");
     let mut skipped = 0;
-    for (case, files) in &cases {
+    for (case, source) in &cases {
         let out = args.output.join(format!("{case}{ending}"));
         if out.is_file() && !args.overwrite {
             skipped += 1;
@@ -209,7 +168,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
             continue;
         }
         bar.set_message(case.clone());
-        let volume = read_images(files)?;
+        let volume = source.read().with_context(|| format!("case {case}"))?;
         let prediction = predict_volume(
             &networks,
             &volume,

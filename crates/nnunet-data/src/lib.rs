@@ -8,8 +8,13 @@
 //! Landed so far: [`dataset`] (`dataset.json`), [`io::nifti`] (reading images and label
 //! maps with their spacing), [`split`] (`splits_final.json`, bit-exact folds), [`raw`] (case discovery), [`crop`]
 //! (`crop_to_nonzero`), [`fingerprint`] (`dataset_fingerprint.json`), [`plan`] (`2d` and
-//! `3d_fullres` planning, `nnUNetPlans.json`, `2d_N` derivation). Precise behaviour:
-//! nnU-Net v2, <https://github.com/MIC-DKFZ/nnUNet>.
+//! `3d_fullres` planning, `nnUNetPlans.json`, `2d_N` derivation), [`io::case`] (a prediction
+//! folder's cases). Precise behaviour: nnU-Net v2, <https://github.com/MIC-DKFZ/nnUNet>.
+//!
+//! Features:
+//! - `dicom` (default on): `io::dicom`, DICOM series read as SimpleITK's `ImageSeriesReader`
+//!   reads them, through dicom-rs with pure-Rust decoders only; `io::input_cases` then also
+//!   takes series folders. Off: NIfTI only, no dicom-rs in the build.
 
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]

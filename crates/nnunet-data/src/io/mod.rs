@@ -3,14 +3,18 @@
 //! only inside the readers.
 
 pub mod atomic;
+pub mod case;
+#[cfg(feature = "dicom")]
+pub mod dicom;
 pub mod geometry;
 pub mod nifti;
 pub mod write;
 
 pub use self::atomic::{remove_stale_temporaries, write_atomic};
+pub use self::case::{input_cases, CaseSource};
 pub use self::geometry::ItkGeometry;
 pub use self::nifti::{read_image, read_label_map, Image, LabelMap};
-pub use self::write::{write_ct_image, write_label_map};
+pub use self::write::{write_ct_image, write_image, write_label_map};
 
 use std::path::PathBuf;
 
@@ -39,10 +43,15 @@ pub struct Volume {
 /// When a file cannot be read, or the channels differ in shape or spacing (the error names
 /// both files).
 pub fn read_images(paths: &[PathBuf]) -> Result<Volume> {
+    stack_channels(paths, read_image)
+}
+
+/// Reads each of `paths` with `read` and stacks the images as channels, as [`read_images`].
+fn stack_channels(paths: &[PathBuf], read: impl Fn(&std::path::Path) -> Result<Image>) -> Result<Volume> {
     let mut channels = Vec::with_capacity(paths.len());
     let mut first: Option<(PathBuf, [f64; 3], ItkGeometry)> = None;
     for path in paths {
-        let image = read_image(path)?;
+        let image = read(path)?;
         let shape = image.data.shape().to_vec();
         let (data, spacing) = match image.spacing[..] {
             [sy, sx] => (image.data.insert_axis(Axis(0)), [999.0 * sx.max(sy), sy, sx]),

@@ -163,6 +163,34 @@ pub fn write_ct_image(path: &Path, image: ArrayViewD<'_, i16>, geometry: &ItkGeo
     write_atomically(path, geometry, |options| options.write_nifti(&xyz))
 }
 
+/// Writes an image in array order ((Z,) Y, X) with `geometry`, atomically: as int16 when
+/// every voxel is an integer in int16's range (CT in HU as scanners store it, half the size),
+/// else as float32, so the values read back exactly either way.
+///
+/// # Errors
+///
+/// When the rank does not match the geometry or the file cannot be written.
+pub fn write_image(path: &Path, image: ArrayViewD<'_, f32>, geometry: &ItkGeometry) -> Result<()> {
+    let integral = image
+        .iter()
+        .all(|&v| v.fract() == 0.0 && (f32::from(i16::MIN)..=f32::from(i16::MAX)).contains(&v));
+    if integral {
+        return write_ct_image(path, image.mapv(|v| v as i16).view(), geometry);
+    }
+    if image.ndim() != geometry.spacing.len() || !(2..=3).contains(&image.ndim()) {
+        return Err(Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(format!(
+                "image of shape {:?} does not fit a {}-D geometry",
+                image.shape(),
+                geometry.spacing.len()
+            )),
+        });
+    }
+    let xyz = image.reversed_axes();
+    write_atomically(path, geometry, |options| options.write_nifti(&xyz))
+}
+
 /// Runs `write` on writer options for a temporary file beside `path` with `geometry`'s
 /// header, then renames it to `path`; nothing is left behind on failure.
 fn write_atomically(
