@@ -19,6 +19,11 @@
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
 
+// The README's example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod augment;
 pub mod batch;
 pub mod crop;

@@ -166,9 +166,7 @@ impl HubCache {
         if let Some(endpoint) = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()) {
             builder = builder.with_endpoint(endpoint);
         }
-        let api = builder
-            .build()
-            .map_err(|e| format!("the hub client failed: {e}"))?;
+        let api = builder.build().map_err(|e| format!("the hub client failed: {e}"))?;
         let repo = api.repo(Repo::with_revision(
             model.repo.clone(),
             RepoType::Model,
