@@ -111,6 +111,11 @@ def write_series(folder, spec, rng):
         z, y, x = k, np.arange(rows)[:, None], np.arange(COLS)[None, :]
         pixels = (z * 1000 + y * 40 + x * 3 + rng.integers(-300, 300, (rows, COLS))) % (top - low) + low
         pixels = pixels.astype(np.int16 if signed else np.uint16)
+        if spec.get("high_bits"):
+            # Bits above BitsStored set in a checkerboard (as overlays once were stored):
+            # readers must mask them off.
+            pixels = pixels.view(np.uint16) | (((y + x) % 2) * 0xA000).astype(np.uint16)
+            pixels = pixels.view(np.int16 if signed else np.uint16)
         for key in spec.get("drop", {}).get(k, []):
             delattr(d, key)
         if syntax == RLELossless:
@@ -174,6 +179,14 @@ def main():
         "deflate": dict(axial, slices=5, gap=1.0, syntax=DeflatedExplicitVRLittleEndian,
                         slope=1, intercept=-1000),
     }
+    # Stored-value widths (written last, so that the series above keep their bytes).
+    bit_depths = {
+        # Signed 12-bit stored values (negative ones sign-extended in their 16 bits).
+        "signed_int12": dict(axial, slices=4, gap=2.0, bits_stored=12, slope=1, intercept=0),
+        # Unsigned 12-bit stored values with junk in the bits above them (SimpleITK masks it).
+        "uint12_high_bits": dict(axial, slices=4, gap=2.0, signed=False, bits_stored=12, high_bits=True,
+                                 slope=1, intercept=-1024),
+    }
     refusals = {
         # Positions sheared along y by tan(15°) per mm along z.
         "refuse_gantry_tilt": (dict(axial, slices=5, step=[0, 2.5 * math.tan(math.radians(15)), 2.5],
@@ -207,6 +220,9 @@ def main():
     for index, (name, (spec, error)) in enumerate(refusals.items(), start=100):
         write_series(out / name, dict(spec, index=index), rng)
         expected["refusals"].append(dict(name=name, error=error))
+    for index, (name, spec) in enumerate(bit_depths.items(), start=200):
+        write_series(out / name, dict(spec, index=index), rng)
+        expected["series"].append(dict(name=name, **sitk_read(out / name)))
     with open(out / "expected.json", "w") as f:
         json.dump(expected, f, separators=(",", ":"))
         f.write("\n")
