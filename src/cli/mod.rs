@@ -2,6 +2,7 @@
 //!
 //! Each subcommand mirrors the nnU-Net / MedDINOv3 command it replaces.
 
+mod budget;
 mod convert;
 mod demo;
 mod evaluate;
