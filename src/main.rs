@@ -17,6 +17,10 @@ fn main() -> ExitCode {
     meddino::train::allocator::keep_freed_pages();
     let args = cli::Cli::parse_from(std::env::args_os().map(cli::nnunet_style_flag));
     cli::init_logging(args.verbosity());
+    if let Err(error) = args.install_thread_budget() {
+        eprintln!("error: {}", cli::describe_error(&error));
+        return ExitCode::from(cli::EXIT_FAILURE);
+    }
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,

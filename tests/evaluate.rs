@@ -258,7 +258,7 @@ fn bad_arguments_are_refused() {
     f.write("pred/a.nii.gz", &organ((4, 5, 6)));
     assert!(f
         .evaluate(&["--threads", "0"])
-        .assert_code(1)
+        .assert_code(2)
         .stderr()
         .contains("--threads"));
     assert!(f

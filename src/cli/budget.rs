@@ -1,6 +1,8 @@
 //! How many epochs a time budget holds, decided again after every epoch from the pace the
 //! machine shows now: a machine that is slower, or becomes busier, gets fewer epochs instead
-//! of overrunning; one that speeds up gets more.
+//! of overrunning; one that speeds up gets more. The learning-rate schedule runs over the
+//! training time, not over a guessed epoch count: each plan says how far through its time
+//! training is.
 
 /// Re-plans the number of epochs of a run that must finish within a budget.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,6 +15,10 @@ pub struct EpochPlanner {
     reserve_epochs: f64,
     /// The last plan, to tell whether it changed.
     epochs: Option<usize>,
+    /// When training started (the start of the first epoch planned after).
+    started: Option<f64>,
+    /// The last progress handed out (it never goes back).
+    progress: f64,
     /// The latest epochs' lengths, newest last (at most [`RECENT`]).
     recent: Vec<f64>,
 }
@@ -29,6 +35,13 @@ pub struct Plan {
     pub pace: f64,
     /// Whether this differs from the previous plan (the first plan counts as a change).
     pub changed: bool,
+    /// When training ends by this plan, seconds from the start of the run.
+    pub train_until: f64,
+    /// The seconds kept for what follows training.
+    pub reserve: f64,
+    /// The share of the training time spent, 0 to 1 (1 once no epoch is left): where the
+    /// learning-rate schedule stands for the next epoch. It never decreases.
+    pub progress: f64,
 }
 
 impl EpochPlanner {
@@ -40,6 +53,8 @@ impl EpochPlanner {
             reserve_fixed,
             reserve_epochs,
             epochs: None,
+            started: None,
+            progress: 0.0,
             recent: Vec::with_capacity(RECENT + 1),
         }
     }
@@ -58,12 +73,28 @@ impl EpochPlanner {
         }
         let mean = self.recent.iter().sum::<f64>() / self.recent.len() as f64;
         let pace = last.max(mean).max(1e-3);
-        let left = self.budget - elapsed - self.reserve_fixed - self.reserve_epochs * pace;
+        let reserve = self.reserve_fixed + self.reserve_epochs * pace;
+        let left = self.budget - elapsed - reserve;
         let more = if left > 0.0 { (left / pace).floor() as usize } else { 0 };
         let epochs = (done + more).max(done).max(1);
         let changed = self.epochs != Some(epochs);
         self.epochs = Some(epochs);
-        Plan { epochs, pace, changed }
+        let started = *self.started.get_or_insert(elapsed - last);
+        let train_until = elapsed + (epochs - done) as f64 * pace;
+        let trained = elapsed - started;
+        if epochs == done {
+            self.progress = 1.0;
+        } else if train_until > started {
+            self.progress = self.progress.max(trained / (train_until - started));
+        }
+        Plan {
+            epochs,
+            pace,
+            changed,
+            train_until,
+            reserve,
+            progress: self.progress,
+        }
     }
 }
 
@@ -86,18 +117,22 @@ mod tests {
         deadline: f64,
         /// The last epoch's length.
         last: f64,
+        /// The schedule's progress at the start of each epoch after the first.
+        progress: Vec<f64>,
     }
 
     fn simulate(budget: f64, duration: impl Fn(usize) -> f64) -> Run {
         let mut planner = EpochPlanner::new(budget, FIXED, IN_EPOCHS);
         // Data set generation and planning take 10 s before training.
         let (mut clock, mut done, mut deadline) = (10.0, 0, budget);
+        let mut progress = Vec::new();
         loop {
             let last = duration(done);
             clock += last;
             done += 1;
             let plan = planner.plan(done, clock, last);
             assert!(plan.epochs >= done);
+            progress.push(plan.progress);
             if plan.epochs == done {
                 return Run {
                     epochs: done,
@@ -105,6 +140,7 @@ mod tests {
                     end: clock + FIXED + IN_EPOCHS * last,
                     deadline,
                     last,
+                    progress,
                 };
             }
             deadline = budget - FIXED - IN_EPOCHS * plan.pace;
@@ -126,6 +162,17 @@ mod tests {
             run.end,
             run.epochs
         );
+        // The schedule runs over the training time: it only moves forward, ends at 1, and
+        // before the last epoch stands where the time spent says.
+        assert!(
+            run.progress.windows(2).all(|p| p[0] <= p[1]),
+            "{name}: {:?}",
+            run.progress
+        );
+        assert_eq!(run.progress.last(), Some(&1.0), "{name}");
+        let before_last = run.progress[run.progress.len().saturating_sub(2)];
+        let share = (run.trained - run.last - 10.0) / (run.trained - 10.0);
+        assert!((before_last - share).abs() < 0.15, "{name}: {before_last} vs {share}");
     }
 
     #[test]
@@ -143,6 +190,18 @@ mod tests {
             }
         });
         assert_uses_budget("noisy", 540.0, |k| 20.0 + 8.0 * ((k * 7919) % 5) as f64 / 4.0);
+    }
+
+    #[test]
+    fn on_an_even_machine_the_schedule_follows_the_epochs() {
+        let run = simulate(540.0, |_| 20.0);
+        for (k, progress) in run.progress[..run.epochs - 1].iter().enumerate() {
+            let expected = (k + 1) as f64 / run.epochs as f64;
+            assert!(
+                (progress - expected).abs() < 1e-9,
+                "epoch {k}: {progress} vs {expected}"
+            );
+        }
     }
 
     #[test]

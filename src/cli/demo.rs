@@ -119,20 +119,24 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     // one, so a slower or busier machine trains fewer epochs instead of overrunning, and
     // the budget is used wherever it runs. Prediction, scoring and the figures take about
     // half an epoch and 5 s (8 s and 1 s beside 20-s epochs on 2 Xeon cores). The linear
-    // schedule follows the latest plan.
+    // schedule runs over the training time the plan gives, not over the epochs.
     let mut planner = EpochPlanner::new(budget, 5.0, 0.5);
     loop {
         let summary = trainer.run_epoch()?;
         let plan = planner.plan(trainer.epoch(), start.elapsed().as_secs_f64(), summary.seconds);
         trainer.set_epochs(plan.epochs);
+        trainer.set_schedule_progress(plan.progress);
         if plan.changed {
             step(
                 start,
                 &format!(
-                    "epoch {} took {:.1} s: {} epochs fit the budget",
-                    trainer.epoch(),
+                    "epochs take {:.1} s: {} epochs fit the budget (training until {:.0} s, {:.0} s kept \
+                     for prediction and scoring); learning-rate schedule {:.0} % through",
                     plan.pace,
-                    plan.epochs
+                    plan.epochs,
+                    plan.train_until,
+                    plan.reserve,
+                    100.0 * plan.progress
                 ),
             );
         }

@@ -34,10 +34,6 @@ pub struct EvaluateArgs {
     /// Where to write segmentation_metrics.csv and summary.json [default: the predictions folder].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-
-    /// Worker threads [default: one per core].
-    #[arg(long, value_name = "N")]
-    threads: Option<usize>,
 }
 
 /// A tolerance: finite and not negative.
@@ -76,16 +72,13 @@ pub fn run(args: EvaluateArgs) -> anyhow::Result<()> {
         .with_method(args.nsd_method)
         .with_nsd_tolerance_mm(args.nsd_tolerance_mm);
 
-    let pool = super::thread_pool(args.threads)?;
-
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} cases {elapsed_precise} {wide_msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let bar = Bar(bar);
-    let evaluation =
-        pool.install(|| evaluate_folder(&args.pred, &args.labels, &classes, &file_ending, &options, &bar))?;
+    let evaluation = evaluate_folder(&args.pred, &args.labels, &classes, &file_ending, &options, &bar)?;
     bar.0.finish_and_clear();
 
     let out = args.out.unwrap_or_else(|| args.pred.clone());

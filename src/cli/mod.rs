@@ -9,6 +9,7 @@ mod evaluate;
 mod features;
 mod plan;
 mod predict;
+mod threads;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,18 @@ pub struct Cli {
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
 
+    /// Threads for all the work of the command (training, prediction, planning, metrics)
+    /// [default: $RAYON_NUM_THREADS, else the cores this process may use, cgroup and
+    /// affinity limits included].
+    #[arg(
+        short = 'j',
+        long,
+        global = true,
+        value_name = "N",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    threads: Option<usize>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -53,6 +66,18 @@ impl Cli {
             (false, 2) => tracing::Level::DEBUG,
             (false, _) => tracing::Level::TRACE,
         }
+    }
+
+    /// Sizes the process's worker pools from `--threads` (see [`threads`]); call it before
+    /// anything starts a thread.
+    ///
+    /// # Errors
+    ///
+    /// When the pools were already started.
+    pub fn install_thread_budget(&self) -> anyhow::Result<usize> {
+        let threads = threads::resolve_from_env(self.threads);
+        threads::install(threads)?;
+        Ok(threads)
     }
 }
 
@@ -130,16 +155,6 @@ enum Command {
         segmentation_metrics.csv, summary.json, progress.png and overlays.png."
     )]
     Demo(demo::DemoArgs),
-}
-
-/// A worker pool of `threads` threads (one per core when unset), for commands with `--threads`.
-pub(crate) fn thread_pool(threads: Option<usize>) -> anyhow::Result<rayon::ThreadPool> {
-    let mut pool = rayon::ThreadPoolBuilder::new();
-    if let Some(threads) = threads {
-        anyhow::ensure!(threads > 0, "--threads must be at least 1");
-        pool = pool.num_threads(threads);
-    }
-    anyhow::Context::context(pool.build(), "cannot start the worker threads")
 }
 
 /// The folder of a data set given by id (`1`, `001`, `Dataset001`) or name, under `base`

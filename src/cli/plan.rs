@@ -39,10 +39,6 @@ pub struct PlanArgs {
     #[arg(long)]
     overwrite: bool,
 
-    /// Worker threads [default: one per core].
-    #[arg(short = 'j', long = "threads", value_name = "N")]
-    threads: Option<usize>,
-
     /// nnU-Net raw folder [default: $nnUNet_raw].
     #[arg(long, value_name = "DIR", env = "nnUNet_raw")]
     raw: PathBuf,
@@ -62,7 +58,6 @@ impl PlanArgs {
             verify: false,
             clean: false,
             overwrite: false,
-            threads: None,
             raw,
             preprocessed,
         }
@@ -84,10 +79,9 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         "{}: no training cases in imagesTr",
         folder.display()
     );
-    let pool = super::thread_pool(args.threads)?;
 
     if args.verify {
-        let problems = pool.install(|| dataset.verify());
+        let problems = dataset.verify();
         if !problems.is_empty() {
             bail!(
                 "{}: the data set has {} problem(s):\n  {}",
@@ -106,7 +100,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(&fingerprint_path)?;
         serde_json::from_str(&text).with_context(|| format!("{}: not a fingerprint", fingerprint_path.display()))?
     } else {
-        let fingerprint = pool.install(|| Fingerprint::extract(&dataset))?;
+        let fingerprint = Fingerprint::extract(&dataset)?;
         fingerprint.write(&fingerprint_path)?;
         fingerprint
     };
@@ -171,28 +165,26 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_prefix(config.clone());
-        let done = pool.install(|| {
-            dataset
-                .cases
-                .par_iter()
-                .map(|case| -> anyhow::Result<bool> {
-                    if !args.overwrite && is_done(&target, &case.id) {
-                        bar.inc(1);
-                        return Ok(false);
-                    }
-                    let images = read_images(&case.images)?;
-                    let label = read_images(std::slice::from_ref(&case.label))?;
-                    // Handed over: each array is dropped as soon as preprocessing is done with it.
-                    let preprocessed = preprocess_case_owned(images, Some(label), &plan)
-                        .with_context(|| format!("case {}", case.id))?;
-                    let locations = class_locations(&preprocessed.seg, &classes);
-                    write_case(&target, &case.id, &preprocessed, &locations)?;
-                    bar.set_message(case.id.clone());
+        let done = dataset
+            .cases
+            .par_iter()
+            .map(|case| -> anyhow::Result<bool> {
+                if !args.overwrite && is_done(&target, &case.id) {
                     bar.inc(1);
-                    Ok(true)
-                })
-                .collect::<anyhow::Result<Vec<bool>>>()
-        })?;
+                    return Ok(false);
+                }
+                let images = read_images(&case.images)?;
+                let label = read_images(std::slice::from_ref(&case.label))?;
+                // Handed over: each array is dropped as soon as preprocessing is done with it.
+                let preprocessed =
+                    preprocess_case_owned(images, Some(label), &plan).with_context(|| format!("case {}", case.id))?;
+                let locations = class_locations(&preprocessed.seg, &classes);
+                write_case(&target, &case.id, &preprocessed, &locations)?;
+                bar.set_message(case.id.clone());
+                bar.inc(1);
+                Ok(true)
+            })
+            .collect::<anyhow::Result<Vec<bool>>>()?;
         bar.finish_and_clear();
         let written = done.iter().filter(|&&d| d).count();
         eprintln!(

@@ -70,6 +70,9 @@ pub struct Trainer<'o> {
     logs: TrainingLogs,
     best_ema: Option<f64>,
     epoch: usize,
+    /// Where the learning-rate schedule stands when the caller drives it (a run bounded by
+    /// time); `None`: epochs done over epochs planned.
+    schedule_progress: Option<f64>,
     train_cases: Arc<Vec<PreprocessedCase>>,
     val_cases: Arc<Vec<PreprocessedCase>>,
     train_sampler: BatchSampler2d,
@@ -272,6 +275,7 @@ impl<'o> Trainer<'o> {
             logs: TrainingLogs::default(),
             best_ema: None,
             epoch: 0,
+            schedule_progress: None,
             train_cases,
             val_cases,
             train_sampler,
@@ -312,9 +316,18 @@ impl<'o> Trainer<'o> {
     }
 
     /// Changes the number of epochs (e.g. to fit a time budget once an epoch's duration is
-    /// known); the learning-rate schedule follows the new total from the next epoch on.
+    /// known); the learning-rate schedule follows the new total from the next epoch on,
+    /// unless [`Self::set_schedule_progress`] drives it.
     pub fn set_epochs(&mut self, epochs: usize) {
         self.options.epochs = epochs.max(self.epoch);
+    }
+
+    /// Drives the learning-rate schedule by `progress` (0 at the start of the run, 1 at its
+    /// end) instead of by epochs: the next epoch trains at the schedule's factor for it. For
+    /// a run bounded by time, where the progress is the share of the training time spent
+    /// and the number of epochs is only known at the end.
+    pub fn set_schedule_progress(&mut self, progress: f64) {
+        self.schedule_progress = Some(progress);
     }
 
     /// Trainable parameters.
@@ -543,7 +556,11 @@ impl<'o> Trainer<'o> {
     pub fn run_epoch(&mut self) -> Result<EpochSummary> {
         let started = Instant::now();
         let epoch = self.epoch;
-        let factor = self.options.trainer.schedule.factor(epoch, self.options.epochs);
+        let schedule = self.options.trainer.schedule;
+        let factor = match self.schedule_progress {
+            Some(progress) => schedule.factor_at(progress),
+            None => schedule.factor(epoch, self.options.epochs),
+        };
         self.optimizer.scale_learning_rates(factor);
         let lr = self.optimizer.learning_rates().first().map_or(0.0, |(_, lr)| *lr);
         self.observer
