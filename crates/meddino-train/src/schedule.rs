@@ -24,8 +24,11 @@ impl Schedule {
     /// The learning-rate factor `progress` of the way through the run (clamped to [0, 1];
     /// NaN counts as the start).
     pub fn factor_at(self, progress: f64) -> f64 {
-        // `f64::max` drops a NaN operand, `clamp` would keep it.
-        let remaining = 1.0 - progress.max(0.0).min(1.0);
+        let remaining = if progress.is_nan() {
+            1.0
+        } else {
+            1.0 - progress.clamp(0.0, 1.0)
+        };
         match self {
             Schedule::Linear => remaining,
             Schedule::Poly { exponent } => remaining.powf(exponent),
