@@ -5,6 +5,8 @@
 #                      the Dino U-Net on them) built with `--features cuda`, linked against
 #                      stand-in CUDA libraries (the GPU machine has the real ones)
 #   gpu/train_step.xz  meddino-train's training-step benchmark, built the same way
+#   gpu/finetune_check.xz
+#                      meddino-train's 20-step fine-tune, GPU against CPU, built the same way
 #   gpu/forward_bench.xz, gpu/matmul_bench.xz
 #                      meddino-backbone's ViT forward and matrix-product benchmarks (issue
 #                      10's bf16 rate goal), built the same way
@@ -29,7 +31,7 @@ done
 export CARGO_TARGET_DIR=${MEDDINO_CACHE_DIR:-$HOME/.cache/meddino}/target-cuda
 # `--workspace` resolves features as CI's check does; `-p` alone would change them and
 # rebuild candle-kernels (~20 minutes).
-examples=(gpu_check train_step forward_bench matmul_bench)
+examples=(gpu_check train_step finetune_check forward_bench matmul_bench)
 cargo build --workspace --features cuda "${examples[@]/#/--example=}"
 mkdir -p gpu/reference/models
 stripped=$(mktemp)
