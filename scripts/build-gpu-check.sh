@@ -7,6 +7,8 @@
 #   gpu/train_step.xz  meddino-train's training-step benchmark, built the same way
 #   gpu/finetune_check.xz
 #                      meddino-train's 20-step fine-tune, GPU against CPU, built the same way
+#   gpu/attention_check.xz
+#                      meddino-backbone's memory-efficient attention against the composite one
 #   gpu/forward_bench.xz, gpu/matmul_bench.xz
 #                      meddino-backbone's ViT forward and matrix-product benchmarks (issue
 #                      10's bf16 rate goal), built the same way
@@ -31,7 +33,7 @@ done
 export CARGO_TARGET_DIR=${MEDDINO_CACHE_DIR:-$HOME/.cache/meddino}/target-cuda
 # `--workspace` resolves features as CI's check does; `-p` alone would change them and
 # rebuild candle-kernels (~20 minutes).
-examples=(gpu_check train_step finetune_check forward_bench matmul_bench)
+examples=(gpu_check train_step finetune_check attention_check forward_bench matmul_bench)
 cargo build --workspace --features cuda "${examples[@]/#/--example=}"
 mkdir -p gpu/reference/models
 stripped=$(mktemp)

@@ -75,6 +75,23 @@ if unpack train_step; then
   echo "train_step 896², batch 2: peak GPU memory in use ${ours_mib:-n/a} MiB (sampled, above the idle ${idle_mib:-n/a} MiB)"
 fi
 
+# The memory-efficient attention against the composite one, and both timed; then the
+# training step at 896² once more with the composite attention (the step before the op).
+if unpack attention_check; then
+  echo
+  "$work/attention_check" --device cuda | tee "$work/attention.txt" || status=$?
+fi
+if [[ -x $work/train_step ]]; then
+  echo
+  echo "train_step with MEDDINO_FLASH_ATTENTION=0 (the composite attention):"
+  sample_gpu_memory "$work/composite_memory.txt"
+  MEDDINO_FLASH_ATTENTION=0 "$work/train_step" --device cuda --sizes 896 --batch 2 --steps 3 || status=$?
+  kill "$sampler" 2>/dev/null || true
+  wait "$sampler" 2>/dev/null || true
+  composite_mib=$(awk -v idle="${idle_mib:-0}" '$1 + 0 > max { max = $1 + 0 } END { if (max) print max - idle }' "$work/composite_memory.txt")
+  echo "composite attention, 896², batch 2: peak GPU memory in use ${composite_mib:-n/a} MiB"
+fi
+
 # A 20-step fine-tune on the GPU against the same run on the CPU (f32 both).
 if unpack finetune_check; then
   echo
@@ -108,6 +125,9 @@ PY
 if unpack forward_bench; then
   "$work/forward_bench" --arch vit_base --size 896 --batch 1 --dtype bf16 --device cuda --repeats 10 \
     | tee "$work/forward.txt" || status=$?
+  echo "forward_bench with MEDDINO_FLASH_ATTENTION=0 (the composite attention):"
+  MEDDINO_FLASH_ATTENTION=0 "$work/forward_bench" --arch vit_base --size 896 --batch 1 --dtype bf16 --device cuda \
+    --repeats 5 | grep -E '^(median_s|gflops)=' || status=$?
 fi
 "$python" scripts/bench/primus_torch.py --mode train-step --device cuda --size 896 --batch 2 --steps 5 \
   --classes 4 --amp bf16 | tee "$work/torch_train.txt" || status=$?

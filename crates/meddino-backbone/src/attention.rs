@@ -6,6 +6,7 @@ use candle_nn::{linear_b, Init, Linear, VarBuilder};
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::flash;
 use crate::fused::{self, Activation};
 use crate::rope::{RopePositionEmbedding, RopeTables};
 
@@ -90,6 +91,10 @@ impl SelfAttention {
             k = module.apply(&k, tables)?;
         }
         let scale = 1.0 / (self.head_dim as f64).sqrt();
+        if flash::applies(&q, &k, &v) {
+            let out = flash::flash_attention(&q, &k, &v, scale)?;
+            return self.proj.forward(&out.transpose(1, 2)?.reshape((b, n, d))?);
+        }
         let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let out = weights.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;

@@ -43,8 +43,11 @@ pub mod checkpoint;
 pub mod config;
 mod error;
 mod ffn;
+pub mod flash;
 pub mod fused;
 pub mod hf;
+#[cfg(feature = "cuda")]
+mod kernels;
 mod layer_scale;
 mod norm;
 mod patch_embed;
