@@ -125,6 +125,19 @@ PY
 if unpack forward_bench; then
   "$work/forward_bench" --arch vit_base --size 896 --batch 1 --dtype bf16 --device cuda --repeats 10 \
     | tee "$work/forward.txt" || status=$?
+  # Where the time goes: the ViT forward at three sizes (the linear layers grow with the
+  # tokens N, the attention with N²), and at the training step's f32, batch 2 (the step's
+  # forward phase minus this is the decoder and the loss).
+  echo "ViT-B/16 forward, median s: bf16 batch 1 at 224² / 448² / 896², f32 batch 2 at 896²:"
+  for size in 224 448; do
+    printf 'vit_bf16_%s_s=' "$size"
+    "$work/forward_bench" --arch vit_base --size "$size" --batch 1 --dtype bf16 --device cuda --repeats 5 2>/dev/null \
+      | sed -n 's/^median_s=//p' || status=$?
+  done
+  echo "vit_bf16_896_s=$(sed -n 's/^median_s=//p' "$work/forward.txt")"
+  printf 'vit_f32_b2_896_s='
+  "$work/forward_bench" --arch vit_base --size 896 --batch 2 --dtype f32 --device cuda --repeats 5 2>/dev/null \
+    | sed -n 's/^median_s=//p' || status=$?
   echo "forward_bench with MEDDINO_FLASH_ATTENTION=0 (the composite attention):"
   MEDDINO_FLASH_ATTENTION=0 "$work/forward_bench" --arch vit_base --size 896 --batch 1 --dtype bf16 --device cuda \
     --repeats 5 | grep -E '^(median_s|gflops)=' || status=$?

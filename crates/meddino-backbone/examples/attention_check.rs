@@ -7,6 +7,9 @@
 //! attention_check [--device cuda] [--repeats 5]
 //! ```
 //!
+//! For bf16 the forward runs on tensor cores where the head size allows (32, 64), and the
+//! scalar kernel's output is compared too (`MEDDINO_FLASH_TENSOR_CORES=0`, read at each call).
+//!
 //! The reference is the composite path in f32 on the same (for bf16: the same rounded)
 //! inputs, so a bf16 case measures only what the op adds: its results' rounding to bf16, at
 //! most one bf16 ulp of the largest value (2⁻⁷ of it).
@@ -65,8 +68,8 @@ fn main() -> Result<(), Error> {
     let args = Args::parse();
     let device = bench::device(&args.device)?;
     let mut failed = false;
-    println!("| case | dtype | output | grad q | grad k | grad v | limit | ok |");
-    println!("|---|---|---:|---:|---:|---:|---:|---|");
+    println!("| case | dtype | output | grad q | grad k | grad v | output, scalar kernel | limit | ok |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---|");
     // Small and odd sizes (tails of the tiles), each head size, and the ViT-B's 896² shape.
     let cases = [(1, 3, 37, 32), (2, 4, 300, 128), (2, 12, 3137, 64)];
     for (b, h, n, d) in cases {
@@ -83,19 +86,30 @@ fn main() -> Result<(), Error> {
             let upstream = Tensor::randn(0f32, 1.0, (b, h, n, d), &device)?;
             let ours = run(|q, k, v| flash_attention(q, k, v, scale), &inputs, &upstream)?;
             let reference = run(|q, k, v| composite(q, k, v, scale), &widened, &upstream)?;
+            // The forward's other kernel too: scalar, where bf16 ran on tensor cores above.
+            std::env::set_var("MEDDINO_FLASH_TENSOR_CORES", "0");
+            let scalar = flash_attention(
+                inputs[0].as_tensor(),
+                inputs[1].as_tensor(),
+                inputs[2].as_tensor(),
+                scale,
+            )?;
+            std::env::remove_var("MEDDINO_FLASH_TENSOR_CORES");
             let errors: Vec<f64> = ours
                 .iter()
-                .zip(&reference)
+                .chain([&scalar])
+                .zip(reference.iter().chain([&reference[0]]))
                 .map(|(a, b)| rel_err(a, b))
                 .collect::<candle_core::Result<_>>()?;
             let ok = errors.iter().all(|e| *e <= limit);
             failed |= !ok;
             println!(
-                "| {b}×{h}×{n}×{d} | {dtype:?} | {:.2e} | {:.2e} | {:.2e} | {:.2e} | {limit:.0e} | {} |",
+                "| {b}×{h}×{n}×{d} | {dtype:?} | {:.2e} | {:.2e} | {:.2e} | {:.2e} | {:.2e} | {limit:.0e} | {} |",
                 errors[0],
                 errors[1],
                 errors[2],
                 errors[3],
+                errors[4],
                 if ok { "yes" } else { "NO" }
             );
         }
@@ -111,7 +125,15 @@ fn main() -> Result<(), Error> {
         let make = || Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, h, n, d), &device)?.to_dtype(dtype)?);
         let inputs = [make()?, make()?, make()?];
         let upstream = Tensor::randn(0f32, 1.0, (b, h, n, d), &device)?;
-        for (path, flash) in [("flash", true), ("composite", false)] {
+        for (path, flash) in [("flash", true), ("flash_scalar", true), ("composite", false)] {
+            if dtype != DType::BF16 && path == "flash_scalar" {
+                continue; // f32 has only the scalar kernels
+            }
+            // Read by the op at every call: the bf16 forward on tensor cores unless "0".
+            std::env::set_var(
+                "MEDDINO_FLASH_TENSOR_CORES",
+                if path == "flash_scalar" { "0" } else { "1" },
+            );
             let attend = |q: &Tensor, k: &Tensor, v: &Tensor| {
                 if flash {
                     flash_attention(q, k, v, scale)

@@ -12,6 +12,7 @@
 // writes f32 dq, dk, dv.
 #include <cuda_bf16.h>
 #include <math_constants.h>
+#include <mma.h>
 
 namespace {
 
@@ -206,6 +207,125 @@ __device__ void grad_kv(const T* __restrict__ q, const T* __restrict__ k, const 
   }
 }
 
+// The forward on tensor cores, for bf16 q, k, v: the products q·kᵀ and p·v as 16×16×16
+// bf16 matrix products with f32 accumulation (WMMA), the softmax in f32 between them. Each
+// warp owns 16 query rows of the block's 64; the scores and the output accumulator go
+// through the warp's shared-memory scratch, where two lanes per row rescale them (WMMA
+// fragments have no row layout to rescale in place). Same results as `forward`: products of
+// bf16 values are exact in f32, only the order of the f32 sums differs.
+constexpr int TC_WARPS = 4;
+constexpr int TC_ROWS = 16 * TC_WARPS;
+constexpr int TC_KEYS = 32;  // keys per shared-memory tile
+
+template <int D>
+__device__ void forward_tensor_cores(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
+                                     const __nv_bfloat16* __restrict__ v, float* __restrict__ out, int bh_count,
+                                     int n, float scale_log2) {
+  using namespace nvcuda;
+  static_assert(D % 16 == 0, "head dimension must be a multiple of 16");
+  __shared__ __align__(32) __nv_bfloat16 qs[TC_ROWS][D];
+  __shared__ __align__(32) __nv_bfloat16 ks[TC_KEYS][D];
+  __shared__ __align__(32) __nv_bfloat16 vs[TC_KEYS][D];
+  __shared__ __align__(32) float scores[TC_WARPS][16][TC_KEYS];
+  __shared__ __align__(32) __nv_bfloat16 probabilities[TC_WARPS][16][TC_KEYS];
+  __shared__ __align__(32) float accumulator[TC_WARPS][16][D];
+
+  const long long base = static_cast<long long>(blockIdx.y) * n * D;
+  const int first_row = blockIdx.x * TC_ROWS;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const __nv_bfloat16 zero = __float2bfloat16(0.0f);
+  for (int index = threadIdx.x; index < TC_ROWS * D; index += blockDim.x) {
+    const int r = index / D, c = index % D, row = first_row + r;
+    qs[r][c] = row < n ? q[base + static_cast<long long>(row) * D + c] : zero;
+  }
+  for (int index = lane; index < 16 * D; index += 32) accumulator[warp][index / D][index % D] = 0.0f;
+  __syncthreads();
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> q_frag[D / 16];
+#pragma unroll
+  for (int c = 0; c < D / 16; ++c) wmma::load_matrix_sync(q_frag[c], &qs[warp * 16][c * 16], D);
+
+  // Lane pairs own rows: row r = lane / 2, its half (lane % 2) of the tile's keys and of D.
+  const int r = lane / 2, half = lane % 2;
+  float running_max = -CUDART_INF_F, running_sum = 0.0f;
+  for (int first_key = 0; first_key < n; first_key += TC_KEYS) {
+    __syncthreads();  // every warp is done with the previous tile
+    for (int index = threadIdx.x; index < TC_KEYS * D; index += blockDim.x) {
+      const int j = index / D, c = index % D, key = first_key + j;
+      const bool in = key < n;
+      ks[j][c] = in ? k[base + static_cast<long long>(key) * D + c] : zero;
+      vs[j][c] = in ? v[base + static_cast<long long>(key) * D + c] : zero;
+    }
+    __syncthreads();
+    // scores = q · kᵀ (kᵀ read column-major from the row-major key tile).
+#pragma unroll
+    for (int j = 0; j < TC_KEYS / 16; ++j) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> s_frag;
+      wmma::fill_fragment(s_frag, 0.0f);
+#pragma unroll
+      for (int c = 0; c < D / 16; ++c) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> k_frag;
+        wmma::load_matrix_sync(k_frag, &ks[j * 16][c * 16], D);
+        wmma::mma_sync(s_frag, q_frag[c], k_frag, s_frag);
+      }
+      wmma::store_matrix_sync(&scores[warp][0][j * 16], s_frag, TC_KEYS, wmma::mem_row_major);
+    }
+    __syncwarp();
+    // Online softmax over this tile, row by row.
+    constexpr int PER_LANE = TC_KEYS / 2;
+    float s[PER_LANE];
+    float tile_max = -CUDART_INF_F;
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j) {
+      const int column = half * PER_LANE + j;
+      s[j] = first_key + column < n ? scores[warp][r][column] * scale_log2 : -CUDART_INF_F;
+      tile_max = fmaxf(tile_max, s[j]);
+    }
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+    const float new_max = fmaxf(running_max, tile_max);
+    const float correction = exp2f(running_max - new_max);
+    float tile_sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j) {
+      const float p = exp2f(s[j] - new_max);
+      tile_sum += p;
+      probabilities[warp][r][half * PER_LANE + j] = __float2bfloat16(p);
+    }
+    tile_sum += __shfl_xor_sync(0xffffffffu, tile_sum, 1);
+    running_sum = running_sum * correction + tile_sum;
+    running_max = new_max;
+#pragma unroll
+    for (int c = 0; c < D / 2; ++c) accumulator[warp][r][half * (D / 2) + c] *= correction;
+    __syncwarp();
+    // accumulator += p · v
+#pragma unroll
+    for (int c = 0; c < D / 16; ++c) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> o_frag;
+      wmma::load_matrix_sync(o_frag, &accumulator[warp][0][c * 16], D, wmma::mem_row_major);
+#pragma unroll
+      for (int j = 0; j < TC_KEYS / 16; ++j) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> p_frag;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> v_frag;
+        wmma::load_matrix_sync(p_frag, &probabilities[warp][0][j * 16], TC_KEYS);
+        wmma::load_matrix_sync(v_frag, &vs[j * 16][c * 16], D);
+        wmma::mma_sync(o_frag, p_frag, v_frag, o_frag);
+      }
+      wmma::store_matrix_sync(&accumulator[warp][0][c * 16], o_frag, D, wmma::mem_row_major);
+    }
+    __syncwarp();
+  }
+  const int row = first_row + warp * 16 + r;
+  if (row < n) {
+    const float inverse = 1.0f / running_sum;
+    float* o = out + base + static_cast<long long>(row) * D;
+#pragma unroll
+    for (int c = 0; c < D / 2; ++c) o[half * (D / 2) + c] = accumulator[warp][r][half * (D / 2) + c] * inverse;
+    if (half == 0) {
+      out[static_cast<long long>(bh_count) * n * D + static_cast<long long>(blockIdx.y) * n + row] =
+          running_max + log2f(running_sum);
+    }
+  }
+}
+
 }  // namespace
 
 #define ATTENTION_KERNELS(T, NAME, D)                                                                           \
@@ -242,6 +362,15 @@ ATTENTION_KERNELS(float, f32, 128)
 ATTENTION_KERNELS(__nv_bfloat16, bf16, 32)
 ATTENTION_KERNELS(__nv_bfloat16, bf16, 64)
 ATTENTION_KERNELS(__nv_bfloat16, bf16, 128)
+#define ATTENTION_TENSOR_CORES(D)                                                                               \
+  extern "C" __global__ void __launch_bounds__(32 * TC_WARPS) attention_forward_tc_bf16_d##D(                   \
+      const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, float* out, int bh_count, int n,  \
+      float scale_log2) {                                                                                       \
+    forward_tensor_cores<D>(q, k, v, out, bh_count, n, scale_log2);                                             \
+  }
+
+ATTENTION_TENSOR_CORES(32)
+ATTENTION_TENSOR_CORES(64)
 ATTENTION_DELTA(32)
 ATTENTION_DELTA(64)
 ATTENTION_DELTA(128)

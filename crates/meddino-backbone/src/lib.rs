@@ -47,7 +47,7 @@ pub mod flash;
 pub mod fused;
 pub mod hf;
 #[cfg(feature = "cuda")]
-mod kernels;
+pub mod kernels;
 mod layer_scale;
 mod norm;
 mod patch_embed;

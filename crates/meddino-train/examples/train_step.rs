@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Weights are random (speed does not depend on them); the first step of each size is an
-//! untimed warm-up. Prints a Markdown table.
+//! untimed warm-up. Prints a Markdown table: the step, and its phases (each timed alone, the
+//! device synchronised between them), medians over the timed steps.
 
 use std::time::Instant;
 
@@ -83,29 +84,45 @@ fn main() -> Result<(), Error> {
         parameters as f64 / 1e6,
         rayon::current_num_threads()
     );
-    println!("| patch | s/iter (median of {steps}) | peak RSS so far |");
-    println!("|---|---|---|");
+    println!("| patch | s/iter (median of {steps}) | forward + loss | backward | clipping + AdamW | peak RSS so far |");
+    println!("|---|---|---|---|---|---|");
     for size in sizes {
         let images = Tensor::randn(0f32, 1.0, (batch, 1, size, size), &device)?;
         let labels = Tensor::rand(0f32, classes as f32, (batch, 1, size, size), &device)?
             .floor()?
             .to_dtype(DType::U32)?;
-        let mut times = Vec::with_capacity(steps);
+        // Seconds of each phase, and of the whole step, per timed step. The device is
+        // synchronised between phases so that each is timed alone (GPU work is asynchronous).
+        let mut phases: [Vec<f64>; 4] = Default::default();
         for step in 0..=steps {
             let started = Instant::now();
+            let mut lap = Instant::now();
+            let mut split = |phase: usize, phases: &mut [Vec<f64>; 4]| -> meddino_train::candle::Result<()> {
+                device.synchronize()?;
+                if step > 0 {
+                    phases[phase].push(lap.elapsed().as_secs_f64());
+                }
+                lap = Instant::now();
+                Ok(())
+            };
             let logits = network.forward_t(&images, true)?;
             let loss = dice_and_ce_loss(&logits, &labels, DiceReduction::Batch)?;
+            split(0, &mut phases)?;
             let mut grads = loss.backward()?;
+            split(1, &mut phases)?;
             let _ = clip_grad_norm(&mut grads, &plain, 12.0)?;
             optimizer.step(&grads)?;
-            device.synchronize()?;
+            split(2, &mut phases)?;
             if step > 0 {
-                times.push(started.elapsed().as_secs_f64());
+                phases[3].push(started.elapsed().as_secs_f64());
             }
         }
-        times.sort_by(f64::total_cmp);
+        let [forward, backward, update, total] = phases.map(|mut times| {
+            times.sort_by(f64::total_cmp);
+            times[times.len() / 2]
+        });
         let peak = bench::memory_mib("VmHWM").map_or_else(|| "n/a".to_string(), |m| format!("{m:.0} MiB"));
-        println!("| {size}² | {:.2} | {peak} |", times[times.len() / 2]);
+        println!("| {size}² | {total:.3} | {forward:.3} | {backward:.3} | {update:.3} | {peak} |");
     }
     Ok(())
 }

@@ -29,6 +29,15 @@ fn row_blocks(g: &Geometry) -> candle_core::Result<LaunchConfig> {
     })
 }
 
+/// Whether the forward runs on tensor cores (bf16 with a head size the kernel has: its
+/// shared memory holds D ≤ 64), unless `MEDDINO_FLASH_TENSOR_CORES=0` asks for the scalar
+/// kernel (read at every call, so that one process can compare the two).
+fn uses_tensor_cores(dtype: DType, d: usize) -> bool {
+    dtype == DType::BF16
+        && matches!(d, 32 | 64)
+        && std::env::var("MEDDINO_FLASH_TENSOR_CORES").map_or(true, |v| v != "0")
+}
+
 fn suffix(dtype: DType) -> candle_core::Result<&'static str> {
     Ok(match dtype {
         DType::F32 => "f32",
@@ -56,7 +65,12 @@ pub(super) fn forward(g: &Geometry, inputs: [(&CudaStorage, &Layout); 3]) -> can
         let (q, k, v) = (q?, k?, v?);
         let len = g.out_len() + g.bh * g.n;
         let out = device.alloc_zeros::<f32>(len)?;
-        let name = format!("attention_forward_{}_d{}", suffix(T::DTYPE)?, g.d);
+        let tensor_cores = uses_tensor_cores(T::DTYPE, g.d);
+        let name = if tensor_cores {
+            format!("attention_forward_tc_bf16_d{}", g.d)
+        } else {
+            format!("attention_forward_{}_d{}", suffix(T::DTYPE)?, g.d)
+        };
         let func = device.get_or_load_custom_func(&name, MODULE, crate::kernels::ATTENTION)?;
         let mut builder = func.builder();
         builder.arg(&q);
@@ -67,7 +81,16 @@ pub(super) fn forward(g: &Geometry, inputs: [(&CudaStorage, &Layout); 3]) -> can
         builder_arg!(builder, bh, n, scale_log2);
         // SAFETY: each block reads rows of q, k, v inside [bh, n, d] (the inputs' sizes) and
         // writes its rows of O and lse2 inside `out`, allocated with BH·N·D + BH·N elements.
-        unsafe { builder.launch(row_blocks(g)?) }.w()?;
+        let config = if tensor_cores {
+            // 4 warps of 16 rows: the same 64 rows per block.
+            LaunchConfig {
+                block_dim: (128, 1, 1),
+                ..row_blocks(g)?
+            }
+        } else {
+            row_blocks(g)?
+        };
+        unsafe { builder.launch(config) }.w()?;
         Ok(f32::wrap_cuda_slice(out, device))
     }
     let storage = match inputs[0].0.dtype() {
