@@ -56,23 +56,27 @@ printf '%-40s %12s\n' "implementation" "median ms"
 printf '%-40s %12s\n' "meddino CUDA kernels" "${ours:-n/a}"
 printf '%-40s %12s\n' "PyTorch grid_sample + autograd" "${torch:-n/a}"
 
-# The GPU's memory in use (MiB), sampled every 20 ms into FILE until the sampler is killed.
-sample_gpu_memory() {
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 20 > "$1" 2>/dev/null &
-  sampler=$!
-}
 idle_mib=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -n 1 || true)
+# step_896 [ENV=VALUE …]: train_step at 896², batch 2, in a process of its own while
+# nvidia-smi samples the GPU's memory in use every 20 ms; appends its table to
+# train_step.txt and sets peak_mib to the peak above what was in use before (the process's
+# CUDA context included).
+step_896() {
+  local samples=$work/memory.txt sampler
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 20 > "$samples" 2>/dev/null &
+  sampler=$!
+  env "$@" "$work/train_step" --device cuda --sizes 896 --batch 2 --steps 3 | tee -a "$work/train_step.txt" || status=$?
+  kill "$sampler" 2>/dev/null || true
+  wait "$sampler" 2>/dev/null || true
+  peak_mib=$(awk -v idle="${idle_mib:-0}" '$1 + 0 > max { max = $1 + 0 } END { if (max) print max - idle }' "$samples")
+  echo "896², batch 2${1:+ with $*}: peak GPU memory in use ${peak_mib:-n/a} MiB (sampled, above the idle ${idle_mib:-n/a} MiB)"
+}
 if unpack train_step; then
   echo
   "$work/train_step" --device cuda --sizes 224,448 --batch 2 --steps 3 | tee "$work/train_step.txt" || status=$?
-  # 896² alone, its peak memory sampled: all the process holds on the GPU (its CUDA context
-  # too), above what was in use before it started.
-  sample_gpu_memory "$work/train_memory.txt"
-  "$work/train_step" --device cuda --sizes 896 --batch 2 --steps 3 | tee -a "$work/train_step.txt" || status=$?
-  kill "$sampler" 2>/dev/null || true
-  wait "$sampler" 2>/dev/null || true
-  ours_mib=$(awk -v idle="${idle_mib:-0}" '$1 + 0 > max { max = $1 + 0 } END { if (max) print max - idle }' "$work/train_memory.txt")
-  echo "train_step 896², batch 2: peak GPU memory in use ${ours_mib:-n/a} MiB (sampled, above the idle ${idle_mib:-n/a} MiB)"
+  step_896
+  ours_mib=$peak_mib
+  ours_step=$(sed -n 's/^| 896² | \([0-9.]*\) |.*/\1/p' "$work/train_step.txt")
 fi
 
 # The memory-efficient attention against the composite one, and both timed; then the
@@ -83,13 +87,7 @@ if unpack attention_check; then
 fi
 if [[ -x $work/train_step ]]; then
   echo
-  echo "train_step with MEDDINO_FLASH_ATTENTION=0 (the composite attention):"
-  sample_gpu_memory "$work/composite_memory.txt"
-  MEDDINO_FLASH_ATTENTION=0 "$work/train_step" --device cuda --sizes 896 --batch 2 --steps 3 || status=$?
-  kill "$sampler" 2>/dev/null || true
-  wait "$sampler" 2>/dev/null || true
-  composite_mib=$(awk -v idle="${idle_mib:-0}" '$1 + 0 > max { max = $1 + 0 } END { if (max) print max - idle }' "$work/composite_memory.txt")
-  echo "composite attention, 896², batch 2: peak GPU memory in use ${composite_mib:-n/a} MiB"
+  step_896 MEDDINO_FLASH_ATTENTION=0
 fi
 
 # A 20-step fine-tune on the GPU against the same run on the CPU (f32 both).
@@ -151,7 +149,6 @@ peak_torch=$(value torch_peak_gflops "$work/torch_matmul.txt")
 vit_gflop=$(value gflop "$work/forward.txt")
 vit_s=$(value median_s "$work/forward.txt")
 vit_gflops=$(value gflops "$work/forward.txt")
-ours_step=$([[ -f $work/train_step.txt ]] && sed -n 's/^| 896² | \([0-9.]*\) |.*/\1/p' "$work/train_step.txt"; true)
 torch_step=$(value median_s "$work/torch_train.txt")
 torch_mib=$(value peak_gpu_mib "$work/torch_train.txt")
 # The peak: the larger of the two bf16 matrix-product rates.
@@ -177,6 +174,6 @@ echo "| work | ours | reference | ratio | goal | met |"
 echo "|---|---:|---:|---:|---:|---|"
 row "ViT-B/16 forward, 896², batch 1, bf16: GFLOP/s vs the bf16 matmul peak" "$vit_gflops" "$peak" ">=" 0.5
 row "deformable attention forward+backward, Dino U-Net size, f32: ms, ours vs PyTorch grid_sample" "$ours" "$torch" "<=" 1.0
-row "training step, MedDINOv3 ViT-B + Primus_Multiscale, 896², batch 2, AdamW: s (ours f32, PyTorch bf16 autocast)" "$ours_step" "$torch_step" "<=" 1.0
+row "training step, MedDINOv3 ViT-B + Primus_Multiscale, 896², batch 2, AdamW: s (ours f32, PyTorch bf16 autocast)" "${ours_step:-}" "$torch_step" "<=" 1.0
 row "peak GPU memory of that step: MiB (ours: sampled in use incl. the CUDA context; PyTorch: max_memory_allocated)" "${ours_mib:-}" "$torch_mib" "<=" 1.0
 exit $status
