@@ -78,7 +78,8 @@ impl Frame {
     }
 }
 
-/// The finite range of the values, widened when flat.
+/// The finite range of the values, widened when flat; padded by 5 %, but not below zero
+/// for values that are never negative (a learning rate, a duration).
 fn range<'a>(values: impl Iterator<Item = &'a f64>) -> (f64, f64) {
     let (lo, hi) = values
         .filter(|v| v.is_finite())
@@ -91,16 +92,23 @@ fn range<'a>(values: impl Iterator<Item = &'a f64>) -> (f64, f64) {
         (lo - 0.5 * lo.abs().max(1e-3), hi + 0.5 * hi.abs().max(1e-3))
     } else {
         let pad = 0.05 * (hi - lo);
-        (lo - pad, hi + pad)
+        let floor = if lo >= 0.0 { 0.0 } else { f64::NEG_INFINITY };
+        ((lo - pad).max(floor), hi + pad)
     }
 }
 
-fn label(value: f64) -> String {
+/// Labels of ticks `step` apart around `value`, with as many digits as tell neighbouring
+/// ticks apart: fixed-point between 1e-3 and 1e4, scientific outside.
+fn label(value: f64, step: f64) -> String {
     let magnitude = value.abs();
+    let step = step.abs().max(f64::MIN_POSITIVE);
     if magnitude != 0.0 && !(1e-3..1e4).contains(&magnitude) {
-        format!("{value:.1e}")
+        // Significant digits: those of the value down to the step's, plus one.
+        let digits = ((magnitude / step).log10().ceil().max(0.0) as usize + 1).min(6);
+        format!("{value:.*e}", digits.saturating_sub(1).max(1))
     } else {
-        format!("{value:.3}")
+        let decimals = (1.0 - step.log10().floor()).clamp(0.0, 6.0) as usize;
+        format!("{value:.decimals$}")
     }
 }
 
@@ -126,7 +134,7 @@ fn draw_panel(canvas: &mut Canvas, top: i32, title: &str, series: &[Series<'_>],
         let (lo, hi) = frame.left;
         let left_value = hi - fraction * (hi - lo);
         let _ = Text::with_alignment(
-            &label(left_value),
+            &label(left_value, (hi - lo) / 4.0),
             Point::new(area.top_left.x - 4, y + 3),
             text,
             Alignment::Right,
@@ -380,6 +388,25 @@ mod tests {
         assert_eq!(grey[0], grey[1], "the image panel is grey");
         assert_ne!(out.get_pixel(14 + 2, 2).0, grey, "truth label coloured");
         assert_eq!(out.get_pixel(28 + 2, 2).0, grey, "no predicted label");
+    }
+
+    #[test]
+    fn tick_labels_tell_neighbouring_ticks_apart() {
+        // The demo's learning rate, 2e-3 falling to about 0: five distinct labels, none below 0.
+        let (lo, hi) = range([2e-3, 1e-3, 4.3e-5].iter());
+        assert_eq!(lo, 0.0);
+        let labels: Vec<String> = (0..=4)
+            .map(|i| label(hi - f64::from(i) / 4.0 * (hi - lo), (hi - lo) / 4.0))
+            .collect();
+        let distinct: std::collections::BTreeSet<&String> = labels.iter().collect();
+        assert_eq!(distinct.len(), 5, "{labels:?}");
+        assert_eq!(label(0.5, 0.25), "0.50");
+        assert_eq!(label(-0.262, 0.3), "-0.26");
+        assert_eq!(label(11.43, 0.22), "11.43");
+        assert_eq!(label(4.8e-4, 5e-4), "4.8e-4");
+        assert_eq!(label(1.5e-5, 1e-6), "1.50e-5");
+        // Losses go below zero: padding may too.
+        assert!(range([-0.9, 0.3].iter()).0 < -0.9);
     }
 
     #[test]
