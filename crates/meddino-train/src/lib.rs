@@ -32,6 +32,7 @@ pub mod init;
 pub mod loader;
 pub mod logs;
 pub mod loss;
+pub mod loss_scale;
 pub mod model;
 pub mod optim;
 pub mod plot;
