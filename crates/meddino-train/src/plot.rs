@@ -102,7 +102,9 @@ fn range<'a>(values: impl Iterator<Item = &'a f64>) -> (f64, f64) {
 fn label(value: f64, step: f64) -> String {
     let magnitude = value.abs();
     let step = step.abs().max(f64::MIN_POSITIVE);
-    if magnitude != 0.0 && !(1e-3..1e4).contains(&magnitude) {
+    if magnitude < step * 1e-9 {
+        "0".into()
+    } else if magnitude != 0.0 && !(1e-3..1e4).contains(&magnitude) {
         // Significant digits: those of the value down to the step's, plus one.
         let digits = ((magnitude / step).log10().ceil().max(0.0) as usize + 1).min(6);
         format!("{value:.*e}", digits.saturating_sub(1).max(1))
@@ -401,6 +403,7 @@ mod tests {
         let distinct: std::collections::BTreeSet<&String> = labels.iter().collect();
         assert_eq!(distinct.len(), 5, "{labels:?}");
         assert_eq!(label(0.5, 0.25), "0.50");
+        assert_eq!(label(0.0, 5e-4), "0");
         assert_eq!(label(-0.262, 0.3), "-0.26");
         assert_eq!(label(11.43, 0.22), "11.43");
         assert_eq!(label(4.8e-4, 5e-4), "4.8e-4");
