@@ -104,7 +104,7 @@ fn label(value: f64, step: f64) -> String {
     let step = step.abs().max(f64::MIN_POSITIVE);
     if magnitude < step * 1e-9 {
         "0".into()
-    } else if magnitude != 0.0 && !(1e-3..1e4).contains(&magnitude) {
+    } else if !(1e-3..1e4).contains(&magnitude) {
         // Significant digits: those of the value down to the step's, plus one.
         let digits = ((magnitude / step).log10().ceil().max(0.0) as usize + 1).min(6);
         format!("{value:.*e}", digits.saturating_sub(1).max(1))

@@ -12,7 +12,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `[O | lse2]` for q, k, v of `[BH, N, D]`.
 pub(super) fn forward(g: &Geometry, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
     let (n, d, scale_log2) = (g.n, g.d, g.scale_log2());
-    let mut out = vec![0f32; g.out_len() + g.bh * g.n];
+    let mut out = vec![0f32; g.saved_len()];
     let (o, lse2) = out.split_at_mut(g.out_len());
     o.par_chunks_mut(n * d)
         .zip(lse2.par_chunks_mut(n))

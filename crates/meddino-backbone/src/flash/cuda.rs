@@ -63,8 +63,7 @@ pub(super) fn forward(g: &Geometry, inputs: [(&CudaStorage, &Layout); 3]) -> can
         let device = inputs[0].0.device().clone();
         let [q, k, v] = [0, 1, 2].map(|i| view::<T>(inputs[i].0, inputs[i].1));
         let (q, k, v) = (q?, k?, v?);
-        let len = g.out_len() + g.bh * g.n;
-        let out = device.alloc_zeros::<f32>(len)?;
+        let out = device.alloc_zeros::<f32>(g.saved_len())?;
         let tensor_cores = uses_tensor_cores(T::DTYPE, g.d);
         let name = if tensor_cores {
             format!("attention_forward_tc_bf16_d{}", g.d)
@@ -79,8 +78,6 @@ pub(super) fn forward(g: &Geometry, inputs: [(&CudaStorage, &Layout); 3]) -> can
         builder.arg(&out);
         let (bh, n, scale_log2) = (g.bh as i32, g.n as i32, g.scale_log2());
         builder_arg!(builder, bh, n, scale_log2);
-        // SAFETY: each block reads rows of q, k, v inside [bh, n, d] (the inputs' sizes) and
-        // writes its rows of O and lse2 inside `out`, allocated with BH·N·D + BH·N elements.
         let config = if tensor_cores {
             // 4 warps of 16 rows: the same 64 rows per block.
             LaunchConfig {
@@ -90,6 +87,8 @@ pub(super) fn forward(g: &Geometry, inputs: [(&CudaStorage, &Layout); 3]) -> can
         } else {
             row_blocks(g)?
         };
+        // SAFETY: each block reads rows of q, k, v inside [bh, n, d] (the inputs' sizes) and
+        // writes its rows of O and lse2 inside `out`, allocated with BH·N·D + BH·N elements.
         unsafe { builder.launch(config) }.w()?;
         Ok(f32::wrap_cuda_slice(out, device))
     }
@@ -98,7 +97,7 @@ pub(super) fn forward(g: &Geometry, inputs: [(&CudaStorage, &Layout); 3]) -> can
         DType::BF16 => run::<half::bf16>(g, inputs)?,
         other => candle_core::bail!("flash_attention on CUDA takes f32 or bf16 (got {other:?})"),
     };
-    Ok((storage, Shape::from(g.out_len() + g.bh * g.n)))
+    Ok((storage, Shape::from(g.saved_len())))
 }
 
 /// Backward: the f32 buffer `[dq | dk | dv]`.
@@ -120,12 +119,12 @@ pub(super) fn backward(
         let saved = view::<f32>(saved.0, saved.1)?;
         let grad = view::<f32>(grad.0, grad.1)?;
         let (out_len, rows) = (g.out_len(), g.bh * g.n);
-        if saved.len() != out_len + rows || grad.len() != out_len {
+        if saved.len() != g.saved_len() || grad.len() != out_len {
             candle_core::bail!(
                 "flash_attention backward: saved {} / gradient {} elements, expected {} / {out_len}",
                 saved.len(),
                 grad.len(),
-                out_len + rows
+                g.saved_len()
             );
         }
         let (o, lse2) = (saved.slice(0..out_len), saved.slice(out_len..));

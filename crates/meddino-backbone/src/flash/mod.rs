@@ -38,8 +38,14 @@ impl Geometry {
         self.scale * std::f32::consts::LOG2_E
     }
 
+    /// Elements of O (and of each of dq, dk, dv).
     fn out_len(&self) -> usize {
         self.bh * self.n * self.d
+    }
+
+    /// Elements of the forward's buffer `[O | lse2]`: O and one log-sum-exp per query row.
+    fn saved_len(&self) -> usize {
+        self.out_len() + self.bh * self.n
     }
 }
 
